@@ -1,0 +1,43 @@
+import pytest
+
+from trainables.config import ConfigError, LoraSection
+from trainables.model import build_model
+
+H, L, I = 32, 2, 64  # tiny_bert: hidden, layers, intermediate
+
+
+def lora_params(shapes, r):
+    return sum(r * (i + o) for i, o in shapes)
+
+
+# (preset, LoRA-wrapped (in, out) shapes per layer)
+CASES = [
+    ("qv", [(H, H)] * 2),
+    ("qkv", [(H, H)] * 3),
+    ("attn", [(H, H)] * 4),
+    ("all", [(H, H)] * 4 + [(H, I), (I, H)]),
+]
+
+
+@pytest.mark.parametrize("preset,shapes", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("r", [1, 4])
+def test_presets_wrap_the_expected_layers(tiny_bert, preset, shapes, r):
+    model = build_model(str(tiny_bert), LoraSection(r=r, target_modules=preset), ["neg", "pos"])
+    head = H * H + H + H * 2 + 2  # pooler is frozen; classifier (H->2) trained via modules_to_save
+    lora = L * lora_params(shapes, r)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == lora + (H * 2 + 2), (trainable, lora, head)
+    frozen_base = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n and "classifier" not in n]
+    assert frozen_base == []
+
+
+def test_unknown_module_lists_available(tiny_bert):
+    with pytest.raises(ConfigError) as e:
+        build_model(str(tiny_bert), LoraSection(target_modules=["query", "q_proj"]), ["a", "b"])
+    msg = str(e.value)
+    assert "q_proj" in msg and "attention.self.query" in msg and "intermediate.dense" in msg
+
+
+def test_unknown_model_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="cannot load"):
+        build_model(str(tmp_path / "no-model"), LoraSection(), ["a", "b"])

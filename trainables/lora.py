@@ -1,0 +1,336 @@
+"""The shared LoRA trainable: one trial, data → model → loop, with or without Ray.
+
+Entry points:
+- ``train(config)``: a Ray Tune function trainable. Reports after every dev evaluation through
+  ``ray.tune.report`` with an adapter-only checkpoint; when Tune restores the trial it resumes
+  from ``ray.tune.get_checkpoint()`` exactly where it stopped (same data order, same RNG).
+- ``run_trial(cfg, report=…)``: the same loop as a plain function (tests, benchmarks).
+- ``python -m trainables.lora --config FILE [--set key=value …] [--out DIR] [--resume-from DIR]``.
+
+Reported metrics: ``accuracy``, ``f1`` (macro), ``eval_loss``, ``train_loss`` (mean since the last
+report), ``samples_seen`` (the fidelity ASHA schedules on), ``epoch``, ``trainable_params``,
+``samples_per_s`` (training throughput since the last report, evaluation excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .config import ConfigError, TrialConfig, apply_overrides, load_yaml, parse_overrides
+from .data import TokenizedSplit, TrialData, collate, make_batches, prepare_data
+from .model import build_model, load_tokenizer
+
+__all__ = [
+    "train",
+    "run_trial",
+    "build_optimizer",
+    "train_steps",
+    "evaluate",
+    "predict_logits",
+    "save_checkpoint",
+    "load_checkpoint",
+    "TrainState",
+    "Resume",
+    "main",
+]
+
+Reporter = Callable[[dict[str, Any], str], None]  # (metrics, checkpoint_dir)
+CHECKPOINT_META = "lora_study.json"
+TRAINER_STATE = "trainer_state.pt"
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; with the seed this is all it takes to rebuild the data order."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples_seen: int = 0
+    next_eval_at: int = 0
+
+
+@dataclass
+class Resume:
+    """A checkpoint read into memory (the directory may be temporary)."""
+
+    adapter: dict[str, torch.Tensor]
+    trainer: dict[str, Any]
+
+
+@dataclass
+class Plan:
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int | None  # samples; None = at each epoch end
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrialConfig, plan: Plan):
+    """AdamW over the trainable parameters only, linear warmup then linear decay."""
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    warmup = int(round(cfg.train.warmup_ratio * plan.total_steps))
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, plan.total_steps)
+    return optimizer, scheduler
+
+
+def make_plan(cfg: TrialConfig, n_train: int) -> Plan:
+    steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
+    return Plan(steps_per_epoch, max(1, math.ceil(cfg.train.epochs * steps_per_epoch)), cfg.train.eval_every_samples)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def train_steps(model, optimizer, scheduler, data: TrialData, state: TrainState, plan: Plan, cfg: TrialConfig, device) -> list[float]:
+    """Train until the next evaluation point (or the end); returns the per-step losses."""
+    model.train()
+    lengths = data.train.lengths
+    batches = make_batches(lengths, cfg.train.batch_size, cfg.train.seed, state.epoch, cfg.train.bucket_chunk)
+    amp = device.type == "cuda"
+    losses: list[float] = []
+    while state.step < plan.total_steps:
+        idx = batches[state.batch_in_epoch]
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(data.train, idx, data.pad_id).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model(**batch).loss
+        loss.backward()
+        if cfg.train.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], cfg.train.max_grad_norm
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        state.step += 1
+        state.batch_in_epoch += 1
+        state.samples_seen += len(idx)
+        epoch_done = state.batch_in_epoch == len(batches)
+        if epoch_done:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if state.step < plan.total_steps:
+                batches = make_batches(lengths, cfg.train.batch_size, cfg.train.seed, state.epoch, cfg.train.bucket_chunk)
+        if plan.eval_every is None and epoch_done:
+            break
+        if plan.eval_every is not None and state.samples_seen >= state.next_eval_at:
+            break
+    if plan.eval_every is not None:
+        while state.next_eval_at <= state.samples_seen:
+            state.next_eval_at += plan.eval_every
+    return losses
+
+
+@torch.inference_mode()
+def predict_logits(model, split: TokenizedSplit, pad_id: int, batch_size: int, device) -> np.ndarray:
+    """Logits for every example, computed in length order (little padding), returned in input order."""
+    model.eval()
+    order = np.argsort(split.lengths, kind="stable")
+    out = np.zeros((len(split), model.config.num_labels), dtype=np.float32)
+    amp = device.type == "cuda"
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate(split, idx, pad_id)
+        batch.pop("labels")
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        out[idx] = logits.float().cpu().numpy()
+    return out
+
+
+def evaluate(model, split: TokenizedSplit, pad_id: int, batch_size: int, device) -> dict[str, float]:
+    """Dev accuracy, macro-F1 and mean cross-entropy."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits = predict_logits(model, split, pad_id, batch_size, device)
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(split.labels))
+    preds = logits.argmax(-1)
+    return {
+        "accuracy": float(accuracy_score(split.labels, preds)),
+        "f1": float(f1_score(split.labels, preds, average="macro")),
+        "eval_loss": float(loss),
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(directory: str | Path, model, optimizer, scheduler, state: TrainState, cfg: TrialConfig,
+                    label_names: list[str], metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """Adapter + head (PEFT format) and the loop state; never the frozen base weights."""
+    d = Path(directory)
+    model.save_pretrained(d)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+         "state": asdict(state), "history": history},
+        d / TRAINER_STATE,
+    )
+    meta = {"format": 1, "config": cfg.model_dump(), "label_names": label_names, "metrics": metrics}
+    (d / CHECKPOINT_META).write_text(json.dumps(meta, indent=1, default=str))
+
+
+def load_checkpoint(directory: str | Path) -> Resume:
+    """Read a checkpoint into memory; a missing or torn one is a one-line ``ConfigError``."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    adapter_file, trainer_file = d / "adapter_model.safetensors", d / TRAINER_STATE
+    for f in (adapter_file, trainer_file):
+        if not f.is_file():
+            raise ConfigError(f"checkpoint {d}: missing {f.name}")
+    try:
+        return Resume(load_file(str(adapter_file)), torch.load(trainer_file, map_location="cpu", weights_only=True))
+    except Exception as e:
+        raise ConfigError(f"checkpoint {d}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def _restore(model, optimizer, scheduler, resume: Resume, device) -> tuple[TrainState, list[dict[str, Any]]]:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, {k: v.to(device) for k, v in resume.adapter.items()})
+    optimizer.load_state_dict(resume.trainer["optimizer"])
+    scheduler.load_state_dict(resume.trainer["scheduler"])
+    torch.set_rng_state(resume.trainer["rng"]["torch"])
+    if "cuda" in resume.trainer["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(resume.trainer["rng"]["cuda"])
+    return TrainState(**resume.trainer["state"]), list(resume.trainer.get("history", []))
+
+
+# --------------------------------------------------------------------------- the trial
+
+
+def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume | None = None,
+              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate one configuration; calls ``report(metrics, checkpoint_dir)`` at every
+    evaluation. Returns the history of reported metrics."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    tokenizer = load_tokenizer(cfg.model.name)
+    data = prepare_data(cfg.data, tokenizer)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model.name, cfg.lora, data.label_names).to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    plan = make_plan(cfg, len(data.train))
+    optimizer, scheduler = build_optimizer(model, cfg, plan)
+    state, history = TrainState(next_eval_at=plan.eval_every or 0), []
+    if resume is not None:
+        state, history = _restore(model, optimizer, scheduler, resume, device)
+    if log:
+        log(f"{len(data.train)} train / {len(data.dev)} dev examples, labels {data.label_names}; "
+            f"{trainable:,} trainable params; {plan.total_steps} steps"
+            + (f"; resuming at step {state.step}" if resume else ""))
+    while state.step < plan.total_steps:
+        t0, seen0 = time.perf_counter(), state.samples_seen
+        losses = train_steps(model, optimizer, scheduler, data, state, plan, cfg, device)
+        train_s = time.perf_counter() - t0
+        metrics = evaluate(model, data.dev, data.pad_id, cfg.train.eval_batch_size, device)
+        metrics.update(
+            train_loss=float(np.mean(losses)) if losses else float("nan"),
+            samples_seen=state.samples_seen,
+            epoch=state.samples_seen / len(data.train),
+            trainable_params=trainable,
+            samples_per_s=(state.samples_seen - seen0) / max(train_s, 1e-9),
+            step=state.step,
+        )
+        history.append(metrics)
+        if log:
+            log(f"step {state.step}/{plan.total_steps} samples {state.samples_seen} epoch {metrics['epoch']:.2f} "
+                f"train_loss {metrics['train_loss']:.4f} eval_loss {metrics['eval_loss']:.4f} "
+                f"acc {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f} ({metrics['samples_per_s']:.0f} samples/s)")
+        if report is not None:
+            with tempfile.TemporaryDirectory(prefix="lora-ckpt-") as d:
+                save_checkpoint(d, model, optimizer, scheduler, state, cfg, data.label_names, metrics, history)
+                report(metrics, d)
+    return history
+
+
+def train(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable (dotted or nested config keys, see ``TrialConfig``)."""
+    from ray import tune
+
+    cfg = TrialConfig.from_dict(config)
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = load_checkpoint(d)
+
+    def report(metrics: dict[str, Any], ckpt_dir: str) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+
+    run_trial(cfg, report=report, resume=resume)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _copy_checkpoint(src: str, out: Path) -> None:
+    import shutil
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # the previous checkpoint stays intact until the new one is complete
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainables.lora", description="Train one LoRA configuration (no Ray needed).")
+    ap.add_argument("--config", help="YAML with model/data/lora/train sections (e.g. trainables/configs/seed-002.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set lora.r=16")
+    ap.add_argument("--out", help="directory for the latest checkpoint (out/last) and metrics.json")
+    ap.add_argument("--resume-from", help="checkpoint directory to continue from (e.g. OUT/last)")
+    args = ap.parse_args(argv)
+    try:
+        raw = load_yaml(args.config) if args.config else {}
+        cfg = TrialConfig.from_dict(apply_overrides(raw, parse_overrides(args.set)))
+        resume = load_checkpoint(args.resume_from) if args.resume_from else None
+        out = Path(args.out) if args.out else None
+
+        def report(metrics: dict[str, Any], ckpt_dir: str) -> None:
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                _copy_checkpoint(ckpt_dir, out / "last")
+
+        history = run_trial(cfg, report=report, resume=resume, log=lambda m: print(m, flush=True))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if out is not None:
+        (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    final = history[-1] if history else {}
+    print(json.dumps({k: final.get(k) for k in ("accuracy", "f1", "eval_loss", "samples_seen")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

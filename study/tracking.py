@@ -58,6 +58,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from trainables.config import flatten
+
 __all__ = [
     "MLflowTracker",
     "configure_mlflow_http",
@@ -102,20 +104,9 @@ def configure_mlflow_http(timeout_s: int = 5, max_retries: int = 1) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def flatten_params(config: dict) -> dict[str, str]:
     """Nested dict -> ``{"a.b": "value"}`` with values cut to MLflow's 6000 chars."""
-    return {k: str(v)[:_MAX_PARAM_LEN] for k, v in _flatten(config).items()}
+    return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(config).items()}
 
 
 def _git_commit() -> str | None:
@@ -221,7 +212,7 @@ def finish_parent_run(
     """
     now = int(time.time() * 1000)
     metrics, tags = [], {STATE_TAG: status.lower()}
-    for key, value in _flatten(summary or {}).items():
+    for key, value in flatten(summary or {}).items():
         if isinstance(value, Number) and not isinstance(value, bool):
             metrics.append(Metric(f"summary.{key}", float(value), now, 0))
         else:
@@ -354,7 +345,7 @@ class MLflowTracker(Callback):
         step = result.get(self.step_attr, result.get("training_iteration", 0))
         step = int(step) if isinstance(step, Number) and math.isfinite(step) else 0
         now = int(time.time() * 1000)
-        flat = _flatten({k: v for k, v in result.items() if k != "config"})
+        flat = flatten({k: v for k, v in result.items() if k != "config"})
         return [
             (key, float(value), now, step)
             for key, value in flat.items()

@@ -1,0 +1,236 @@
+"""study.export: the best adapter out as a stock PEFT directory (+ merged model), and its errors.
+
+Everything runs on the finished ``tiny_study`` (a random 2-layer BERT): the mechanics are the
+same as for MiniLM and take seconds. The adapter is loaded with plain PEFT in a fresh process
+and must reproduce the study's own dev evaluation exactly (same batches, same logits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from study import export
+from study.inference import META_FILE, load_classifier
+from trainables.data import read_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(mod, argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = mod.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc: int, err: str, expected: str) -> None:
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def summary(home: Path, name: str = "tiny") -> dict:
+    return json.loads((home / name / "summary.json").read_text())
+
+
+_EXPORTS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_study, tmp_path_factory) -> Path:
+    """The tiny study's best trial exported with ``--merge``; test_predict_evaluate imports this
+    fixture, which gives it a second definition, hence the cache: one export per session."""
+    name, home = tiny_study
+    if str(home) not in _EXPORTS:
+        out = tmp_path_factory.mktemp("export") / "best"
+        assert export.main(["--study", name, "--storage", str(home), "--out", str(out), "--merge"]) == 0
+        _EXPORTS[str(home)] = out
+    return _EXPORTS[str(home)]
+
+
+def dev_data(sst2_small: Path) -> tuple[list[str], np.ndarray]:
+    df = read_table(sst2_small / "dev.tsv")
+    return df["sentence"].astype(str).tolist(), df["label"].to_numpy()
+
+
+def test_export_writes_a_complete_adapter_dir(exported, tiny_study):
+    _, home = tiny_study
+    best = summary(home)["best"]
+    names = {p.name for p in exported.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", META_FILE, "README.md", "tokenizer.json",
+            "tokenizer_config.json", "merged"} <= names
+    from safetensors import safe_open
+
+    with safe_open(str(exported / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("lora_A" in k for k in keys) and any("lora_B" in k for k in keys)
+    assert any(k.endswith("classifier.weight") for k in keys), "the trained head travels with the adapter"
+    meta = json.loads((exported / META_FILE).read_text())
+    assert meta["trial_id"] == best["trial_id"] and meta["study"] == "tiny"  # the summary's best, by default
+    assert meta["metrics"]["accuracy"] == best["accuracy"]
+    assert meta["label_names"] == ["negative", "positive"]
+    assert meta["id2label"] == {"0": "negative", "1": "positive"}
+    card = (exported / "README.md").read_text()
+    assert best["trial_id"] in card and "PeftModel.from_pretrained" in card and "merged/" in card
+    cfg = json.loads((exported / "merged" / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "negative", "1": "positive"}
+
+
+STOCK_PEFT = r"""
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from trainables.data import TokenizedSplit, read_table
+from trainables.lora import predict_logits
+
+base_dir, adapter, dev, out = sys.argv[1:5]
+model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2), adapter)
+tok = AutoTokenizer.from_pretrained(adapter)
+meta = json.loads((Path(adapter) / "lora_study.json").read_text())
+df = read_table(Path(dev))
+enc = tok(df["sentence"].astype(str).tolist(), truncation=True, max_length=meta["max_length"])
+split = TokenizedSplit([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], df["label"].to_numpy())
+np.save(out, predict_logits(model, split, tok.pad_token_id, meta["config"]["train"]["eval_batch_size"], torch.device("cpu")))
+"""
+
+
+def test_stock_peft_in_a_fresh_process_reproduces_the_study(exported, tiny_study, tiny_bert, sst2_small, tmp_path, capsys):
+    """Plain ``PeftModel.from_pretrained`` in a new interpreter: same dev predictions as the study."""
+    _, home = tiny_study
+    best = summary(home)["best"]
+    out = tmp_path / "logits.npy"
+    proc = subprocess.run([sys.executable, "-c", STOCK_PEFT, str(tiny_bert), str(exported), str(sst2_small / "dev.tsv"), str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stock = np.load(out)
+    texts, labels = dev_data(sst2_small)
+    assert float((stock.argmax(-1) == labels).mean()) == best["accuracy"]  # the number in summary.json, exactly
+    ours = load_classifier(exported).logits(texts)
+    assert np.array_equal(stock.argmax(-1), ours.argmax(-1))
+    np.testing.assert_allclose(stock, ours, atol=1e-6)
+    # and study.evaluate on the same dev data says the same
+    from study import evaluate
+
+    rc, stdout, err = run_cli(evaluate, ["--model", exported, "--data", sst2_small, "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads(stdout)
+    ck = json.loads((exported / META_FILE).read_text())["metrics"]  # the checkpoint's own evaluation
+    assert res["n"] == len(texts) and res["accuracy"] == best["accuracy"]
+    assert res["f1"] == pytest.approx(ck["f1"], abs=1e-12) and res["eval_loss"] == pytest.approx(ck["eval_loss"], abs=1e-5)
+
+
+def test_merged_model_loads_without_peft_and_matches(exported, sst2_small):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts, _ = dev_data(sst2_small)
+    adapter = load_classifier(exported)
+    merged = AutoModelForSequenceClassification.from_pretrained(exported / "merged").eval()
+    assert "Peft" not in type(merged).__name__
+    tok = AutoTokenizer.from_pretrained(exported / "merged")
+    with torch.inference_mode():
+        enc = tok(texts[:64], truncation=True, max_length=adapter.max_length, padding=True, return_tensors="pt")
+        plain = merged(**enc).logits.numpy()
+        with_lora = adapter.model(**enc).logits.numpy()
+    assert np.abs(plain - with_lora).max() < 1e-4
+    # the length-ordered path used by predict/evaluate agrees as well, on all of dev
+    assert np.abs(load_classifier(exported / "merged").logits(texts) - adapter.logits(texts)).max() < 1e-4
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_from_registry_gives_the_registered_best_adapter(exported, tiny_study, tmp_path, capsys):
+    name, home = tiny_study
+    assert summary(home)["registered_model"]["uri"] == "models:/lora-study-tiny/1"
+    out = tmp_path / "reg"
+    rc, _, err = run_cli(export, ["--from-registry", "models:/lora-study-tiny/1", "--tracking-uri",
+                                  f"sqlite:///{home / 'mlflow.db'}", "--out", out], capsys)
+    assert rc == 0, err
+    assert sha(out / "adapter_model.safetensors") == sha(exported / "adapter_model.safetensors")
+    assert json.loads((out / META_FILE).read_text())["trial_id"] == summary(home)["best"]["trial_id"]
+    # without --tracking-uri the study's own tracking URI (study.json) is used
+    rc, _, err = run_cli(export, ["--from-registry", "models:/lora-study-tiny/1", "--study", name, "--storage", home,
+                                  "--out", tmp_path / "reg2"], capsys)
+    assert rc == 0, err
+    assert sha(tmp_path / "reg2" / "adapter_model.safetensors") == sha(exported / "adapter_model.safetensors")
+
+
+def test_trial_option_and_force(tiny_study, tmp_path, capsys):
+    name, home = tiny_study
+    s = summary(home)
+    other = next(r for r in s["table"] if r["trial_id"] != s["best"]["trial_id"] and r["checkpoint"])
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    rc, _, err = run_cli(export, ["--study", name, "--storage", home, "--trial", other["trial_id"], "--out", out], capsys)
+    assert_one_line_error(rc, err, "not empty (use --force")
+    assert (out / "old.txt").is_file()  # refused: nothing touched
+    rc, stdout, err = run_cli(export, ["--study", name, "--storage", home, "--trial", other["trial_id"], "--out", out, "--force"], capsys)
+    assert rc == 0, err
+    assert not (out / "old.txt").exists() and f"trial {other['trial_id']}" in stdout
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["trial_id"] == other["trial_id"] and meta["metrics"]["accuracy"] == other["best"]["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def broken_studies(tiny_study, tmp_path_factory) -> Path:
+    """Copies of the tiny study with one thing wrong each (a moved study is read where it lies)."""
+    name, home = tiny_study
+    root = tmp_path_factory.mktemp("broken")
+    best = summary(home)["best"]
+    rel = Path(best["checkpoint"]).relative_to(home / name)
+    ignore = shutil.ignore_patterns("best_adapter")
+    shutil.copytree(home / name, root / "torn" / name, ignore=ignore)
+    with open(root / "torn" / name / rel / "adapter_model.safetensors", "r+b") as f:
+        f.truncate(os.path.getsize(f.name) // 2)
+    shutil.copytree(home / name, root / "gone" / name, ignore=ignore)
+    shutil.rmtree(root / "gone" / name / rel)
+    (root / "fresh" / name).mkdir(parents=True)  # created, never ran a trial
+    record = json.loads((home / name / "study.json").read_text())
+    (root / "fresh" / name / "study.json").write_text(json.dumps({**record, "storage": str(root / "fresh")}))
+    return root
+
+
+ERRORS = [
+    # (id, storage: the tiny home or a broken copy, args, expected message)
+    ("unknown-study", "home", ["--study", "nope"], "no study named 'nope'"),
+    ("torn-checkpoint", "torn", ["--study", "tiny"], "corrupt adapter_model.safetensors"),
+    ("missing-checkpoint", "gone", ["--study", "tiny"], "cannot read"),
+    ("no-finished-trial", "fresh", ["--study", "tiny"], "has no finished trial"),
+    ("unknown-trial", "home", ["--study", "tiny", "--trial", "nosuch"], "has no trial 'nosuch'"),
+    ("no-study-arg", "home", [], "--study NAME (or --from-registry"),
+    ("unknown-version", "home", ["--from-registry", "models:/lora-study-tiny/99"], "cannot download"),
+    ("not-a-model-uri", "home", ["--from-registry", "runs:/abc/model"], "expected models:/NAME/VERSION"),
+]
+
+
+@pytest.mark.parametrize("where,args,expected", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_bad_inputs_are_one_line_errors(where, args, expected, tiny_study, broken_studies, tmp_path, capsys):
+    _, home = tiny_study
+    storage = home if where == "home" else broken_studies / where
+    extra = ["--tracking-uri", f"sqlite:///{home / 'mlflow.db'}"] if "--from-registry" in args else []
+    rc, _, err = run_cli(export, [*args, "--storage", storage, *extra, "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(rc, err, expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_entry_point_in_a_subprocess(tiny_study, tmp_path):
+    """The real ``python -m study.export``: exit 2 and a single line, no traceback."""
+    _, home = tiny_study
+    proc = subprocess.run([sys.executable, "-m", "study.export", "--study", "nope", "--storage", str(home), "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc.returncode, proc.stderr, "no study named 'nope'")

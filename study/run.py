@@ -10,6 +10,7 @@ Config → checks (before Ray starts) → space → Tuner (Optuna TPE + ASHA, or
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -17,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pyarrow.fs
 
 from trainables.config import ConfigError
 
@@ -160,8 +163,10 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     cfg = prep.cfg
     res = cfg.resources
     trainable = tune.with_resources(train, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    storage_fs = None if "://" in prep.paths.storage else pyarrow.fs.PyFileSystem(AtomicLocalFS())
     if prep.resume:
-        return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True), None
+        return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
+                                  storage_filesystem=storage_fs), None
     threads = {"train.threads": max(1, int(res.cpus_per_trial))}
     points = seed_points(cfg) if cfg.study.seed_points else []
     metric, mode = cfg.study.metric, cfg.study.mode
@@ -184,6 +189,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
         search_alg = BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.study.seed,
                                            max_concurrent=cfg.study.max_concurrent)
     callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler))
+    callbacks.append(S.RepairCheckpointRecords())
     tune_config = tune.TuneConfig(
         search_alg=search_alg, scheduler=scheduler, num_samples=cfg.study.num_samples,
         time_budget_s=cfg.study.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname,
@@ -192,6 +198,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     run_config = tune.RunConfig(
         name=prep.paths.name,
         storage_path=prep.paths.storage,
+        storage_filesystem=storage_fs,
         callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.storage.checkpoints_to_keep,
                                                 checkpoint_score_attribute=metric, checkpoint_score_order=mode),
@@ -199,6 +206,98 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=fixed, tune_config=tune_config, run_config=run_config), scheduler
+
+
+class AtomicLocalFS(pyarrow.fs.FileSystemHandler):
+    """Local storage for Ray whose file writes are atomic: a temp file renamed into place on close.
+
+    Ray 2.60 persists an experiment by copying its staging dir (in the Ray session dir) over the
+    storage dir, rewriting ``experiment_state-*.json``, the searcher/callback state and every
+    trial's ``result.json``/``progress.csv`` in place. A driver killed during such a copy leaves
+    truncated files: an empty ``experiment_state`` makes ``Tuner.restore`` log "Failed to
+    restore the run state" and start over with no trials (the study then "finishes" with only
+    the trials suggested after the crash), a truncated ``result.json`` loses the trial's earlier
+    results. Likewise a checkpoint Ray was deleting is left without some of its files. With this
+    handler every file is either its old or its new version and a directory is deleted by first
+    renaming it away. Use it as ``pyarrow.fs.PyFileSystem(AtomicLocalFS())``; it is pickled to the
+    workers with the storage context, so they write checkpoint files the same way. A crash can
+    leave hidden ``.NAME.tmp-*`` files or dirs behind; nothing reads them.
+    """
+
+    def __init__(self) -> None:
+        self.fs = pyarrow.fs.LocalFileSystem()
+
+    def get_type_name(self) -> str:
+        return "atomic-local"
+
+    def equals(self, other: Any) -> bool:
+        return isinstance(other, AtomicLocalFS)
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: Any) -> list:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        # rename first: a checkpoint Ray deletes is gone at once, never left half-deleted
+        tmp = _tmp_name(path)
+        os.rename(path, tmp)
+        self.fs.delete_dir(tmp)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("AtomicLocalFS: refusing to delete the contents of /")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        tmp = _tmp_name(dest)
+        self.fs.copy_file(src, tmp)
+        os.replace(tmp, dest)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> Any:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        import pyarrow
+
+        return pyarrow.PythonFile(_RenameOnClose(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> Any:
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
+def _tmp_name(path: str) -> str:
+    """A hidden sibling (never matches Ray's ``experiment_state-*.json`` & co.)."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+
+
+class _RenameOnClose(io.FileIO):
+    def __init__(self, path: str) -> None:
+        self._final, self._tmp = path, _tmp_name(path)
+        super().__init__(self._tmp, "wb")
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            os.replace(self._tmp, self._final)
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -84,6 +84,7 @@ __all__ = [
     "PrunedFeedbackOptunaSearch",
     "RecordingASHAScheduler",
     "SchedulerStateCallback",
+    "RepairCheckpointRecords",
     "make_searcher",
     "make_scheduler",
     "get_optuna_study",
@@ -174,6 +175,53 @@ class SchedulerStateCallback(Callback):
 
     def set_state(self, state: dict) -> None:
         self.scheduler.set_state(state["asha"])
+
+
+class RepairCheckpointRecords(Callback):
+    """After a driver crash, drop checkpoint records whose directories are gone, so that
+    restored trials resume from a checkpoint that exists.
+
+    With ``CheckpointConfig(num_to_keep, checkpoint_score_attribute)`` Ray 2.60 deletes a
+    trial's previous checkpoint as soon as a newer one registers unless it is among the best
+    ``num_to_keep``, but persists the experiment snapshot only every ``num_to_keep`` trial
+    checkpoints (or 10 s).  A driver killed in between leaves a snapshot whose latest
+    checkpoint no longer exists: the restore fails ("does not exist on storage anymore")
+    ``max_failures + 1`` times, the trial ends ERROR and the next ``--resume``
+    (``restart_errored``) re-creates it from scratch under a new trial id, orphaning its
+    history, trial dir and MLflow run.  This runs once per driver, at the first step, before any
+    restored trial is scheduled: missing records are dropped and the latest falls back to the
+    newest remaining checkpoint (none left: the trial restarts from scratch under its own id).
+    The trainable resumes exactly, so evaluations it reports again repeat the same values.
+    """
+
+    def __init__(self) -> None:
+        self._checked = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        from ray.train._internal.storage import _exists_at_fs_path
+
+        def gone(r: Any) -> bool:
+            return not _exists_at_fs_path(r.checkpoint.filesystem, r.checkpoint.path)
+
+        for trial in trials:
+            manager = trial.run_metadata.checkpoint_manager
+            latest = manager._latest_checkpoint_result
+            kept = [r for r in manager._checkpoint_results if not gone(r)]
+            if len(kept) == len(manager._checkpoint_results) and (latest is None or not gone(latest)):
+                continue
+            manager._checkpoint_results = kept
+            if latest is not None and gone(latest):
+                fallback = max(kept, key=lambda r: r.metrics.get("training_iteration", 0), default=None)
+                manager._latest_checkpoint_result = fallback
+                logger.warning(
+                    "Trial %s: latest checkpoint %s is gone (driver crash); resuming from %s.",
+                    trial.trial_id,
+                    latest.checkpoint.path,
+                    fallback.checkpoint.path if fallback else "scratch",
+                )
 
 
 class PrunedFeedbackOptunaSearch(OptunaSearch):

@@ -22,13 +22,16 @@ is left of its *session* — Ray's trial workers run in their own process groups
 driver's session — is killed too. Only processes of that session are touched, never other Ray
 instances on the machine (no ``ray stop``).
 
-Reading a trial's history: Ray appends every result to ``trial_*/result.json``. After a driver
-crash a trial resumes from the checkpoint in Ray's last experiment snapshot, which can be one
-report behind, so the evaluation after it is reported again; the trainable resumes exactly, so
-such a re-report repeats the same ``samples_seen`` with identical metrics. "No result lost" means:
-after dropping exact re-reports, ``samples_seen`` increases strictly with no gap larger than one
-evaluation interval (``eval_every_samples + batch_size - 1``), and a completed trial ends at
-``samples_total``.
+Reading a trial's history: Ray appends every result to ``trial_*/result.json`` in its session
+dir and copies it to the storage dir with every experiment snapshot (``study.run`` writes through
+``AtomicLocalFS``, so a crash during that copy cannot truncate it). After a driver crash a trial
+resumes from the checkpoint in Ray's last snapshot, which can be behind its last reported result,
+so the evaluations after it are reported again; the trainable resumes exactly, so a re-report
+repeats the same ``samples_seen`` with identical metrics. (A trial with no checkpoint left restarts
+from scratch, and Ray then starts its ``result.json`` afresh.) "No result lost" means: after
+dropping exact re-reports, ``samples_seen`` increases strictly with no gap larger than one
+evaluation interval (``eval_every_samples + batch_size - 1``), a completed trial ends at
+``samples_total``, and MLflow holds the same evaluation points.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,8 +49,6 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.conftest import ROOT, run_study, tiny_study_args
 
@@ -263,17 +265,25 @@ def verify_study(home: Path, name: str, n: int, *, exact_metrics: bool = False) 
 # --------------------------------------------------------------------------- issue 3 / issue 6 fault 1
 
 
-def snapshot_trials(experiment: Path) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Ray's newest experiment snapshot: trial id -> (status, last result); {} if none (yet)."""
+def snapshot_trials(experiment: Path) -> dict[str, tuple[str, str | None]]:
+    """Ray's newest experiment snapshot: trial id -> (status, path of the checkpoint it restores
+    from, i.e. its checkpoint manager's latest; not always the last result's: a result is
+    recorded before its checkpoint is registered); {} if there is none (yet)."""
+    from functools import partial
+
+    from ray.tune.utils.serialization import TuneFunctionDecoder
+
     files = sorted(experiment.glob("experiment_state-*.json"))
     try:
         state = json.loads(files[-1].read_text()) if files else {"trial_data": []}
-    except json.JSONDecodeError:  # being copied in
+    except json.JSONDecodeError:  # being written
         return {}
     out = {}
     for trial_json, meta_json in state["trial_data"]:
-        trial, meta = json.loads(trial_json), json.loads(meta_json)
-        out[trial["trial_id"]] = (trial["status"], meta["last_result"])
+        trial = json.loads(trial_json)
+        meta = json.loads(meta_json, cls=partial(TuneFunctionDecoder, allow_cloudpickle=True))  # our own file
+        latest = meta["checkpoint_manager"].latest_checkpoint_result
+        out[trial["trial_id"]] = (trial["status"], latest.checkpoint.path if latest else None)
     return out
 
 
@@ -283,14 +293,15 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
 
     The crash also gets the worst timing Ray's checkpoint retention allows: the checkpoint that
     the snapshot calls a running trial's latest is deleted, as Ray does when a newer, better
-    checkpoint registers before the next snapshot (``RepairCheckpointRecords``); the trial must
-    resume from an older checkpoint (or from scratch) under its own id, not end ERROR."""
+    checkpoint registers before the next snapshot. ``RepairCheckpointRecords`` must make the trial
+    resume from an older checkpoint (or from scratch) under its own id; without it the trial ends
+    ERROR and the study "finishes" with a failed trial."""
     n, name, home, log = 6, "crash1", tmp_path / "studies", tmp_path / "crash1.log"
     home.mkdir()
     t0 = time.monotonic()
     proc = start_study(tiny_study_args(name, home, tiny_bert, sst2_small, n, SLOW), home, log)
     try:
-        wait_for(lambda: any(st == "RUNNING" and r.get("checkpoint_dir_name") for st, r in snapshot_trials(home / name).values()),
+        wait_for(lambda: any(st == "RUNNING" and ckpt for st, ckpt in snapshot_trials(home / name).values()),
                  proc, log, 240, "a snapshot with a running, checkpointed trial")
         time.sleep(0.5)
         before = n_results(home / name)
@@ -298,12 +309,10 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
     finally:
         kill_session(proc.pid)
     assert not (home / name / "summary.json").exists()
-    victim, (_, last) = next((tid, v) for tid, v in snapshot_trials(home / name).items()
-                             if v[0] == "RUNNING" and v[1].get("checkpoint_dir_name"))
-    import shutil
-
+    victim, ckpt = next((tid, ckpt) for tid, (st, ckpt) in snapshot_trials(home / name).items() if st == "RUNNING" and ckpt)
     # (already gone if Ray's retention deleted it before the kill: the same situation)
-    shutil.rmtree(home / name / f"trial_{victim}" / last["checkpoint_dir_name"], ignore_errors=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    at = next((r["samples_seen"] for r in trial_results(home / name)[victim] if r["checkpoint_dir_name"] == Path(ckpt).name), None)
     t1 = time.monotonic()
     out = run_study(["--name", name, "--resume", "--storage", str(home)], home, timeout=400)
     (tmp_path / "resume.log").write_text(out.stdout + out.stderr)
@@ -311,7 +320,7 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
     assert f"Trial {victim}: latest checkpoint" in out.stdout + out.stderr
     rows = fig["results"][victim]
     print(f"\n[crash1] killed after {t1 - t0:.0f}s with {before} results logged; {stragglers} processes outlived the "
-          f"process-group kill; deleted {victim}/{last['checkpoint_dir_name']} (at {last['samples_seen']} samples); "
+          f"process-group kill; deleted {victim}/{Path(ckpt).name} (at {at} samples); "
           f"victim history {[r['samples_seen'] for r in rows]}; resume took {time.monotonic() - t1:.0f}s; "
           f"{fig['rereports']} re-reported evaluations; trials {fig['summary']['trials']}")
     assert "interrupted" not in out.stdout

@@ -323,15 +323,20 @@ def _epoch_axis(history: list[dict[str, Any]]) -> tuple[list[float], str]:
     return [float(h.get("samples_seen") or i) for i, h in enumerate(history)], "samples seen"
 
 
+def _plot_series(ax: Any, xs: list[float], history: list[dict[str, Any]], series: tuple) -> None:
+    """One line per (key, label, colour) that the history has values for; gaps stay gaps."""
+    for key, name, c in series:
+        ys = [h.get(key) for h in history]
+        if any(y is not None for y in ys):
+            ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", color=c, label=name)
+
+
 def best_trial_loss(history: list[dict[str, Any]], trial_id: str) -> Figure:
     """Train loss (mean since the previous evaluation) and dev loss per evaluation (seed 002's loss.pdf)."""
     fig = _fig(6.5, 4.2)
     ax = fig.add_subplot()
     xs, label = _epoch_axis(history)
-    for key, name, c in (("train_loss", "train loss", "tab:blue"), ("eval_loss", "dev loss", "tab:orange")):
-        ys = [h.get(key) for h in history]
-        if any(y is not None for y in ys):
-            ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", color=c, label=name)
+    _plot_series(ax, xs, history, (("train_loss", "train loss", "tab:blue"), ("eval_loss", "dev loss", "tab:orange")))
     ax.set_xlabel(label)
     ax.set_ylabel("cross-entropy")
     ax.grid(alpha=0.3)
@@ -345,10 +350,7 @@ def best_trial_accuracy(history: list[dict[str, Any]], trial_id: str, metric: st
     fig = _fig(6.5, 4.2)
     ax = fig.add_subplot()
     xs, label = _epoch_axis(history)
-    for key, name, c in (("accuracy", "dev accuracy", "tab:green"), ("f1", "dev macro-F1", "tab:purple")):
-        ys = [h.get(key) for h in history]
-        if any(y is not None for y in ys):
-            ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", color=c, label=name)
+    _plot_series(ax, xs, history, (("accuracy", "dev accuracy", "tab:green"), ("f1", "dev macro-F1", "tab:purple")))
     scored = [(x, h[metric]) for x, h in zip(xs, history) if h.get(metric) is not None]
     if scored and metric in ("accuracy", "f1"):
         x, y = max(scored, key=lambda p: p[1])

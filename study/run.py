@@ -336,6 +336,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     print(f"study {paths.name}: {cfg.study.num_samples} trials, results in {paths.experiment}, MLflow {prep.tracking_uri} (experiment {experiment})", flush=True)
     _init_ray(address)
     t0 = time.time()
+    prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
     tuner, _ = _tuner(prep, MLflowTracker, parent)
     interrupted = False
     try:

@@ -86,7 +86,7 @@ _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _MAX_TAG_LEN = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH; metrics allow 1000
 # Ray bookkeeping keys (ray.tune.result.DEBUG_METRICS) that are not metrics.
-_NOT_METRICS = {"trial_id", "experiment_id", "date", "timestamp", "pid", "hostname", "node_ip"}
+_NOT_METRICS = {"trial_id", "experiment_id", "date", "timestamp", "time_unix", "pid", "hostname", "node_ip"}
 
 
 class PrunedSignal(Protocol):

@@ -127,6 +127,11 @@ class LoraSection(_Section):
     """A preset (``qv``, ``qkv``, ``attn``, ``all``) or an explicit list of module-name suffixes."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases are trained (PEFT ``bias``)."""
+    modules_to_save: list[str] = Field(default_factory=list)
+    """Extra modules trained in full besides the classification head (PEFT ``modules_to_save``),
+    e.g. ``[pooler]``: BERT's pooler (dense + tanh over [CLS]) comes from pretraining objectives
+    the classifier may not share — sentence-transformers checkpoints never trained it at all.
+    Each adds its weights to every checkpoint (the pooler of a 384-wide model: 148k params)."""
 
     @field_validator("target_modules")
     @classmethod
@@ -174,9 +179,11 @@ class TrainConfig(_Section):
     """``torch.set_num_threads`` for this trial (the study sets it to the trial's CPUs)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; ``auto`` picks CUDA (with bf16 autocast) when a GPU is visible."""
-    bucket_chunk: int = Field(64, ge=1)
+    bucket_chunk: int = Field(256, ge=1)
     """Length bucketing: sort within chunks of ``bucket_chunk`` batches, so batches hold texts of
-    similar length (little padding) while the order stays random across chunks."""
+    similar length (little padding) while the order stays random across chunks. On SST-2 (batch
+    32) padding efficiency is 0.87 / 0.96 / 0.98 / 0.99 for chunks of 16 / 64 / 128 / 256 batches;
+    the batch order is shuffled either way."""
 
 
 class TrialConfig(_Section):

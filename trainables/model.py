@@ -84,6 +84,16 @@ def check_target_modules(model: Any, targets: list[str]) -> None:
         )
 
 
+def _check_modules_to_save(model: Any, names: list[str]) -> list[str]:
+    """``lora.modules_to_save`` entries must name modules of the model (by full name or suffix)."""
+    have = [n for n, _ in model.named_modules() if n]
+    missing = [m for m in names if not any(n == m or n.endswith("." + m) for n in have)]
+    if missing:
+        tops = sorted({n.split(".")[-1] for n in have if not re.search(r"\.\d+(\.|$)", n)})
+        raise ConfigError(f"lora.modules_to_save: {missing} match no module of this model; top-level modules: {tops}")
+    return list(names)
+
+
 def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> Any:
     """Base model + fresh classifier head, wrapped with LoRA; only adapter and head are trainable."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -106,6 +116,7 @@ def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> A
         hf_logging.set_verbosity(verbosity)
     targets = lora.module_list()
     check_target_modules(base, targets)
+    extra = _check_modules_to_save(base, lora.modules_to_save)
     cfg = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,
@@ -113,7 +124,7 @@ def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> A
         lora_dropout=lora.dropout,
         target_modules=targets,
         bias=lora.bias,
-        modules_to_save=head_module_names(base),
+        modules_to_save=head_module_names(base) + extra,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

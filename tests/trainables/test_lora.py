@@ -12,7 +12,8 @@ from trainables.config import TrialConfig
 from trainables.lora import load_checkpoint, main, run_trial
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = {"accuracy", "f1", "eval_loss", "train_loss", "samples_seen", "epoch", "trainable_params", "samples_per_s"}
+KEYS = {"accuracy", "f1", "eval_loss", "train_loss", "samples_seen", "epoch", "trainable_params", "samples_per_s",
+        "setup_s", "train_s", "eval_s", "time_unix"}
 
 
 def tiny_cfg(model, data, **over):
@@ -43,6 +44,8 @@ def test_reports_every_eval_point(tiny_bert, sst2_small):
     assert all(KEYS <= set(m) for m in rep.metrics)
     assert rep.metrics[-1]["epoch"] == pytest.approx(2.0)
     assert all(0 <= m["accuracy"] <= 1 and math.isfinite(m["train_loss"]) for m in rep.metrics)
+    assert all(m["train_s"] > 0 and m["eval_s"] > 0 and m["setup_s"] > 0 for m in rep.metrics)
+    assert len({m["setup_s"] for m in rep.metrics}) == 1  # once per run of the trial
 
 
 def test_eval_per_epoch_when_unset(tiny_bert, sst2_small):

@@ -41,3 +41,20 @@ def test_unknown_module_lists_available(tiny_bert):
 def test_unknown_model_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="cannot load"):
         build_model(str(tmp_path / "no-model"), LoraSection(), ["a", "b"])
+
+
+def test_modules_to_save_trains_the_pooler_too(tiny_bert, tmp_path):
+    """``lora.modules_to_save=[pooler]``: the pooler's H*H+H weights train and land in the adapter."""
+    from safetensors.torch import load_file
+
+    base = build_model(str(tiny_bert), LoraSection(r=4), ["neg", "pos"])
+    model = build_model(str(tiny_bert), LoraSection(r=4, modules_to_save=["pooler"]), ["neg", "pos"])
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert count(model) - count(base) == H * H + H
+    model.save_pretrained(tmp_path)
+    assert any("pooler" in k for k in load_file(str(tmp_path / "adapter_model.safetensors")))
+
+
+def test_unknown_module_to_save_is_one_line(tiny_bert):
+    with pytest.raises(ConfigError, match=r"lora.modules_to_save: \['poolr'\] match no module.*pooler"):
+        build_model(str(tiny_bert), LoraSection(modules_to_save=["poolr"]), ["neg", "pos"])

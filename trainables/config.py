@@ -179,11 +179,12 @@ class TrainConfig(_Section):
     """``torch.set_num_threads`` for this trial (the study sets it to the trial's CPUs)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; ``auto`` picks CUDA (with bf16 autocast) when a GPU is visible."""
-    bucket_chunk: int = Field(256, ge=1)
+    bucket_chunk: int = Field(64, ge=1)
     """Length bucketing: sort within chunks of ``bucket_chunk`` batches, so batches hold texts of
     similar length (little padding) while the order stays random across chunks. On SST-2 (batch
-    32) padding efficiency is 0.87 / 0.96 / 0.98 / 0.99 for chunks of 16 / 64 / 128 / 256 batches;
-    the batch order is shuffled either way."""
+    32) padding efficiency is 0.87 / 0.96 / 0.98 / 0.99 for chunks of 16 / 64 / 128 / 256 batches,
+    but larger chunks make batches more uniform: the seed-002 recipe on full SST-2 reached 87.50%
+    dev accuracy with 64 and 86.81% with 256 (one run each, 2026-11-23), for ~2% more samples/s."""
 
 
 class TrialConfig(_Section):

@@ -253,11 +253,6 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
-    if device.type == "cpu":
-        # LoRA's B starts at zero and AdamW's first updates are tiny: products of such values are
-        # subnormal floats, which x86 CPUs compute in slow microcode. Flushing them to zero costs
-        # nothing in accuracy (they are below 1e-38).
-        torch.set_flush_denormal(True)
     tokenizer = load_tokenizer(cfg.model.name)
     data = prepare_data(cfg.data, tokenizer)
     torch.manual_seed(cfg.train.seed)

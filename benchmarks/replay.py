@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from .search_grid import GRID, KEYS, SEED_POINTS, point_id
+from .search_grid import GRID, KEYS, SEED_POINTS, grid_points, point_id
 
 __all__ = ["Curve", "CurveTable", "Strategy", "STRATEGIES", "make_strategy", "SimRun", "simulate", "replay_trace"]
 
@@ -60,7 +60,7 @@ class CurveTable:
             total = int(g["samples_total"].iloc[0]) if "samples_total" in g else int(g["samples_seen"].max())
             self.curves[str(pid)] = Curve(point, [int(x) for x in g["samples_seen"]], [float(x) for x in g["accuracy"]],
                                           [float(x) for x in g["elapsed_s"]], total)
-        missing = [point_id(p) for p in _all_points() if point_id(p) not in self.curves]
+        missing = [point_id(p) for p in grid_points() if point_id(p) not in self.curves]
         self.complete = not missing
         self.missing = missing
 
@@ -79,10 +79,9 @@ class CurveTable:
 
     def quantile_best(self, q: float) -> float:
         """The ``q``-quantile of the points' best accuracies (for choosing a target)."""
-        best = sorted(c.best for c in self.curves.values())
-        pos = q * (len(best) - 1)
-        lo, hi = math.floor(pos), math.ceil(pos)
-        return best[lo] + (best[hi] - best[lo]) * (pos - lo)
+        import numpy as np
+
+        return float(np.quantile([c.best for c in self.curves.values()], q))
 
 
 def _native(x: Any) -> Any:
@@ -95,10 +94,6 @@ def _snap(key: str, value: Any) -> Any:
         if v == value or (isinstance(v, float) and isinstance(value, (int, float)) and math.isclose(v, value, rel_tol=1e-9)):
             return v
     raise KeyError(f"{key}={value!r} is not a grid value ({GRID[key]})")
-
-
-def _all_points() -> list[dict[str, Any]]:
-    return [dict(zip(KEYS, vs)) for vs in itertools.product(*GRID.values())]
 
 
 # --------------------------------------------------------------------------- strategies

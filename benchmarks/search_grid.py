@@ -135,10 +135,6 @@ def record_point(point: dict[str, Any], data_path: str | Path, threads: int | No
     return rows
 
 
-def _jsonable_point(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if isinstance(v, float) else v) for k, v in p.items()}
-
-
 def record_table(out: str | Path, data_path: str | Path, threads: int | None, limit: int | None = None,
                  fixed: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
                  log: Callable[[str], None] = print) -> Path:
@@ -156,9 +152,9 @@ def record_table(out: str | Path, data_path: str | Path, threads: int | None, li
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update({
         "what": "full learning curves of every grid point (one row per dev evaluation)",
-        "grid": {k: [_jsonable_point({k: v})[k] for v in vs] for k, vs in GRID.items()},
+        "grid": {k: list(vs) for k, vs in GRID.items()},
         "fixed": {**FIXED, **(fixed or {})},
-        "seed_points": [_jsonable_point(p) for p in SEED_POINTS],
+        "seed_points": [dict(p) for p in SEED_POINTS],
         "data_path": str(data_path),
         "threads": threads,
         "columns": {"elapsed_s": "seconds from trial start (data+model load included, imports and Ray start-up not) "
@@ -211,12 +207,3 @@ def load_table(path: str | Path):
     if missing:
         raise BenchmarkError(f"curve table {p} lacks columns {sorted(missing)}")
     return frame.sort_values(["point", "eval"]).reset_index(drop=True)
-
-
-def seconds_per_sample_note(frame) -> str:
-    """A one-line summary of what the table cost to record."""
-    last = frame.groupby("point").last()
-    return (f"{len(last)} points, {len(frame)} evaluations, {last['elapsed_s'].sum() / 60:.0f} min of training, "
-            f"median {last['elapsed_s'].median():.0f} s per point; best accuracy {last['accuracy'].max():.4f}, "
-            f"median final {last['accuracy'].median():.4f}")
-

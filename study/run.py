@@ -85,13 +85,14 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
 
 
 def _check_model_and_data(cfg: StudyConfig) -> int:
-    """Load the data once (columns, labels, sizes) and check every target-module preset against
-    the model's layers — on a meta-device model, so no weights are read."""
+    """Load the data once (columns, labels, sizes) and check every target-module preset and
+    ``lora.modules_to_save`` against the model's layers — on a meta-device model, so no weights
+    are read."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from trainables.data import load_splits
-    from trainables.model import check_target_modules, resolve_model_name
+    from trainables.model import check_modules_to_save, check_target_modules, resolve_model_name
 
     base = cfg.base_trial()
     raw = load_splits(base.data)
@@ -112,6 +113,7 @@ def _check_model_and_data(cfg: StudyConfig) -> int:
     for t in targets:
         lora = type(base.lora).model_validate({**base.lora.model_dump(), "target_modules": t})
         check_target_modules(model, lora.module_list())
+    check_modules_to_save(model, base.lora.modules_to_save)
     return n_train
 
 

@@ -130,7 +130,8 @@ class LoraSection(_Section):
     modules_to_save: list[str] = Field(default_factory=list)
     """Extra modules trained in full besides the classification head (PEFT ``modules_to_save``),
     e.g. ``[pooler]``: BERT's pooler (dense + tanh over [CLS]) comes from pretraining objectives
-    the classifier may not share — sentence-transformers checkpoints never trained it at all.
+    the classifier may not share (sentence-transformers models were tuned with mean pooling, not
+    through it).
     Each adds its weights to every checkpoint (the pooler of a 384-wide model: 148k params)."""
 
     @field_validator("target_modules")

@@ -21,6 +21,7 @@ __all__ = [
     "load_tokenizer",
     "linear_module_names",
     "check_target_modules",
+    "check_modules_to_save",
     "build_model",
     "head_module_names",
 ]
@@ -84,7 +85,7 @@ def check_target_modules(model: Any, targets: list[str]) -> None:
         )
 
 
-def _check_modules_to_save(model: Any, names: list[str]) -> list[str]:
+def check_modules_to_save(model: Any, names: list[str]) -> list[str]:
     """``lora.modules_to_save`` entries must name modules of the model (by full name or suffix)."""
     have = [n for n, _ in model.named_modules() if n]
     missing = [m for m in names if not any(n == m or n.endswith("." + m) for n in have)]
@@ -116,7 +117,7 @@ def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> A
         hf_logging.set_verbosity(verbosity)
     targets = lora.module_list()
     check_target_modules(base, targets)
-    extra = _check_modules_to_save(base, lora.modules_to_save)
+    extra = check_modules_to_save(base, lora.modules_to_save)
     cfg = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,

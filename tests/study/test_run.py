@@ -23,6 +23,7 @@ BAD = [
     (["--config", QUICK, "--set", "data.path=/nonexistent/sst2"], "data not found"),
     (["--config", QUICK, "--set", "data.text_column=review"], "no column 'review'"),
     (["--config", QUICK, "--set", "search.lora.target_modules.choice=[qv,[query,q_proj]]"], "q_proj"),
+    (["--config", QUICK, "--set", "lora.modules_to_save=[poolr]"], "lora.modules_to_save: ['poolr']"),
     (["--config", QUICK, "--set", "search.data.size.choice=[1000,99999999]"], "larger than the train split"),
     (["--config", QUICK, "--set", "model.name=/nonexistent/model"], "model.name"),
     (["--name", "nope", "--resume"], "no study named 'nope'"),

@@ -9,10 +9,12 @@ and the same number of torch threads:
                             batches (``RandomSampler``) over a ``datasets.Dataset`` of the token ids;
 (b) ``hf_trainer_grouped``  the same with ``train_sampling_strategy="group_by_length"``
                             (``LengthGroupedSampler``; ``group_by_length=True`` before transformers 5);
-(c) ``ours``                ``trainables.lora.run_trial``: cached token ids, length-bucketed batches.
+(c) ``ours``                ``trainables.lora.run_trial``: cached token ids, length-bucketed batches,
+                            and on CPU ``FastDropout`` (``trainables/dropout.py``: the same inverted
+                            dropout with masks drawn 4 elements per random number).
 
 The PEFT model is built by ``trainables.model.build_model`` for all three (identical model, head
-initialised from the same seed).
+initialised from the same seed); (a) and (b) train it as built, with ``torch.nn.Dropout``.
 
 What is timed: training steps only, over one full epoch of the subset, so every method processes
 exactly the same samples and differs only in batching (padding) and per-step overhead: ordering
@@ -100,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "k > 0 skews the comparison, see the module docstring)")
     ap.add_argument("--repeats", type=int, default=1, help="run (a), (b), (c) this many times, interleaved; report medians")
     ap.add_argument("--data", default=None, help="SST-2 directory (default $LORA_STUDY_DATA or ../shared/data/sst2)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the recipe, e.g. train.fast_dropout=false or train.bucket_chunk=256 "
+                         "(lora.*/train.lr apply to all three runs; train.* loop settings only shape ours)")
     ap.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     ap.add_argument("--verbose", action="store_true", help="show library warnings and per-interval logs")
     args = ap.parse_args(argv)
@@ -130,9 +135,10 @@ def make_random_bert(directory: Path) -> str:
 
 def trial_config(args: argparse.Namespace, model_name: str, data_path: Path, threads: int, eval_every: int | None):
     """The seed-002 recipe with the benchmark's data, size, batch, threads and device."""
-    from trainables.config import TrialConfig, apply_overrides, load_yaml
+    from trainables.config import TrialConfig, apply_overrides, load_yaml, parse_overrides
 
     over = {
+        **parse_overrides(args.set),
         "model.name": model_name,
         "data.path": str(data_path),
         "data.size": args.samples,
@@ -476,6 +482,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_ratio": cfg.train.warmup_ratio,
             "max_grad_norm": cfg.train.max_grad_norm,
             "bucket_chunk": cfg.train.bucket_chunk,
+            "fast_dropout": cfg.train.fast_dropout,
+            "overrides": args.set,
             "lora": {"r": cfg.lora.r, "alpha": cfg.lora.effective_alpha(), "dropout": cfg.lora.dropout,
                      "target_modules": cfg.lora.module_list()},
             "data": str(data_path),

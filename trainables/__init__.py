@@ -4,4 +4,4 @@ The study reaches this package only through ``trainables.lora.train`` (the Ray T
 point) and the typed config in ``trainables.config``.
 """
 
-__all__ = ["config", "data", "model", "lora"]
+__all__ = ["config", "data", "model", "dropout", "lora"]

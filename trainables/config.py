@@ -184,8 +184,14 @@ class TrainConfig(_Section):
     """Length bucketing: sort within chunks of ``bucket_chunk`` batches, so batches hold texts of
     similar length (little padding) while the order stays random across chunks. On SST-2 (batch
     32) padding efficiency is 0.87 / 0.96 / 0.98 / 0.99 for chunks of 16 / 64 / 128 / 256 batches,
-    but larger chunks make batches more uniform: the seed-002 recipe on full SST-2 reached 87.50%
-    dev accuracy with 64 and 86.81% with 256 (one run each, 2026-11-23), for ~2% more samples/s."""
+    but larger chunks make batches more uniform in length. 64 is the cautious middle: 256 gave ~2%
+    more samples/s and, in one run each, 86.81% vs 87.50% dev accuracy on full SST-2 — a gap inside
+    the ±1-point spread between training seeds (README), so not evidence either way."""
+    fast_dropout: bool = True
+    """On CPU, draw dropout masks four elements per random number (``trainables/dropout.py``):
+    torch's one-draw-per-element masks were 16% of a MiniLM training step on 2 cores. Same inverted
+    dropout (p rounded to a multiple of 2⁻¹⁶), but a different random stream than
+    ``torch.nn.Dropout``: set ``false`` to reproduce runs made with torch's dropout. No effect on GPU."""
 
 
 class TrialConfig(_Section):

@@ -5,7 +5,7 @@ Why: on CPU, ``torch.nn.functional.dropout`` draws one 32-bit Mersenne-Twister n
 (embeddings, attention and FFN outputs, the LoRA inputs, the classifier) that was 16% of a training
 step of MiniLM on 2 cores — more than all attention matmuls together. ``FastDropout`` draws one
 64-bit number per *four* elements and compares each 16-bit lane with a threshold, so the mask
-costs about a fifth as much, and the step ~8% less (``benchmarks/trainable_speed.py``).
+costs about a fifth as much and training runs 14% more samples/s (``benchmarks/trainable_speed.py``).
 
 It is the same inverted dropout (Srivastava et al. 2014): each element is kept independently with
 probability ``1 - p`` and scaled by ``1 / (1 - p)``, so the expected output equals the input. The

@@ -204,12 +204,17 @@ def load_study_config(path: str | os.PathLike[str] | None, overrides: list[str] 
                       extra: dict[str, Any] | None = None) -> StudyConfig:
     """YAML + ``--set`` overrides (+ CLI flags as dotted keys) → validated ``StudyConfig``."""
     raw = load_yaml(path) if path else {}
-    merged = apply_overrides(raw, {**parse_overrides(overrides), **(extra or {})})
+    given = parse_overrides(overrides)
+    merged = apply_overrides(raw, {**given, **(extra or {})})
     try:
         cfg = StudyConfig.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
     cfg.check()
+    searched = sorted(k for k in given if k in cfg.search)
+    if searched:  # the space would silently overrule the value in every trial
+        raise ConfigError(f"--set {searched[0]}: this key is searched (search.{searched[0]} in the config), so a fixed "
+                          f"value would be ignored; change the search space, e.g. --set 'search.{searched[0]}=...'")
     return cfg
 
 

@@ -29,11 +29,12 @@ __all__ = ["FastDropout", "use_fast_dropout"]
 _LANES = 65536  # 16-bit lanes: p is rounded to a multiple of 1/65536
 
 
-def _keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """Bernoulli(1 - p) booleans of ``shape``: four 16-bit lanes from each 64-bit draw."""
+def _keep_mask(shape: torch.Size, dropped: int) -> torch.Tensor:
+    """Booleans of ``shape``, each False with probability ``dropped / 65536``: four 16-bit lanes
+    from each 64-bit draw."""
     n = shape.numel()
     words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-    threshold = round(p * _LANES) - _LANES // 2  # P(lane < threshold) = p (lanes are uniform over int16)
+    threshold = dropped - _LANES // 2  # lanes are uniform over int16: P(lane < threshold) = dropped / 65536
     return (words.view(torch.int16)[:n] >= threshold).view(shape)
 
 
@@ -43,10 +44,10 @@ class FastDropout(torch.nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.inplace or x.device.type != "cpu" or not 0.0 < self.p < 1.0:
             return super().forward(x)
-        p = round(self.p * _LANES) / _LANES
-        if p == 0.0:
+        dropped = round(self.p * _LANES)
+        if dropped == 0:
             return x
-        return x * _keep_mask(x.shape, p) * (1.0 / (1.0 - p))
+        return x * _keep_mask(x.shape, dropped) * (_LANES / (_LANES - dropped))
 
 
 def use_fast_dropout(model: torch.nn.Module) -> int:

@@ -72,12 +72,17 @@ def head_module_names(model: Any) -> list[str]:
     return [n for n in ("pre_classifier", "classifier", "score") if n in children]
 
 
+def _unmatched(wanted: list[str], names: list[str]) -> list[str]:
+    """Entries of ``wanted`` that match no name, by full name or dotted suffix (PEFT's rule)."""
+    return [w for w in wanted if not any(n == w or n.endswith("." + w) for n in names)]
+
+
 def check_target_modules(model: Any, targets: list[str]) -> None:
     """Fail fast on a target that matches no linear layer, listing what the model has."""
     names = linear_module_names(model)
     heads = tuple(head_module_names(model))
     body = [n for n in names if not n.startswith(heads)]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in body)]
+    missing = _unmatched(targets, body)
     if missing:
         short = sorted({re.sub(r"^.*?\.\d+\.", "", n) for n in body})
         raise ConfigError(
@@ -85,14 +90,13 @@ def check_target_modules(model: Any, targets: list[str]) -> None:
         )
 
 
-def check_modules_to_save(model: Any, names: list[str]) -> list[str]:
+def check_modules_to_save(model: Any, names: list[str]) -> None:
     """``lora.modules_to_save`` entries must name modules of the model (by full name or suffix)."""
     have = [n for n, _ in model.named_modules() if n]
-    missing = [m for m in names if not any(n == m or n.endswith("." + m) for n in have)]
+    missing = _unmatched(names, have)
     if missing:
         tops = sorted({n.split(".")[-1] for n in have if not re.search(r"\.\d+(\.|$)", n)})
         raise ConfigError(f"lora.modules_to_save: {missing} match no module of this model; top-level modules: {tops}")
-    return list(names)
 
 
 def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> Any:
@@ -117,7 +121,7 @@ def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> A
         hf_logging.set_verbosity(verbosity)
     targets = lora.module_list()
     check_target_modules(base, targets)
-    extra = check_modules_to_save(base, lora.modules_to_save)
+    check_modules_to_save(base, lora.modules_to_save)
     cfg = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,
@@ -125,7 +129,7 @@ def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> A
         lora_dropout=lora.dropout,
         target_modules=targets,
         bias=lora.bias,
-        modules_to_save=head_module_names(base) + extra,
+        modules_to_save=head_module_names(base) + list(lora.modules_to_save),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -20,6 +20,7 @@ def _err(capsys, argv):
 
 BAD = [
     (["--config", QUICK, "--set", "lora.r=0"], "lora.r"),
+    (["--config", QUICK, "--set", "lora.target_modules=[q_proj]"], "lora.target_modules: this key is searched"),
     (["--config", QUICK, "--set", "data.path=/nonexistent/sst2"], "data not found"),
     (["--config", QUICK, "--set", "data.text_column=review"], "no column 'review'"),
     (["--config", QUICK, "--set", "search.lora.target_modules.choice=[qv,[query,q_proj]]"], "q_proj"),

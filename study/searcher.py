@@ -178,24 +178,51 @@ class SchedulerStateCallback(Callback):
 
 
 class RepairCheckpointRecords(Callback):
-    """After a driver crash, drop checkpoint records whose directories are gone, so that
-    restored trials resume from a checkpoint that exists.
+    """After a driver crash, make every restored trial resume from a checkpoint that exists and
+    that its stored history reaches, so that no result goes missing.
 
-    With ``CheckpointConfig(num_to_keep, checkpoint_score_attribute)`` Ray 2.60 deletes a
-    trial's previous checkpoint as soon as a newer one registers unless it is among the best
-    ``num_to_keep``, but persists the experiment snapshot only every ``num_to_keep`` trial
-    checkpoints (or 10 s).  A driver killed in between leaves a snapshot whose latest
-    checkpoint no longer exists: the restore fails ("does not exist on storage anymore")
-    ``max_failures + 1`` times, the trial ends ERROR and the next ``--resume``
-    (``restart_errored``) re-creates it from scratch under a new trial id, orphaning its
-    history, trial dir and MLflow run.  This runs once per driver, at the first step, before any
-    restored trial is scheduled: missing records are dropped and the latest falls back to the
-    newest remaining checkpoint (none left: the trial restarts from scratch under its own id).
-    The trainable resumes exactly, so evaluations it reports again repeat the same values.
+    Two windows of Ray 2.60 leave a snapshot whose latest checkpoint cannot be resumed as is:
+
+    * *gone*: with ``CheckpointConfig(num_to_keep, checkpoint_score_attribute)`` Ray deletes a
+      trial's previous checkpoint as soon as a newer one registers unless it is among the best
+      ``num_to_keep``, but persists the experiment snapshot only every ``num_to_keep`` trial
+      checkpoints (or 10 s).  A driver killed in between leaves a latest checkpoint that no
+      longer exists: the restore fails ``max_failures + 1`` times, the trial ends ERROR and the
+      next ``--resume`` (``restart_errored``) re-creates it from scratch under a new trial id,
+      orphaning its history, trial dir and MLflow run.
+    * *ahead*: a snapshot copies the driver's staging dir to storage file by file, in parallel,
+      ``experiment_state-*.json`` (which names each trial's latest checkpoint) among them.  A
+      driver killed during that copy can leave the new state beside a trial's *previous*
+      ``result.json``; the trial would resume after evaluations its history never got (seen
+      as a 288-sample gap in ``test_three_random_driver_kills``).
+
+    This runs once per driver, at the first step, before any restored trial is scheduled:
+    records of missing checkpoints are dropped, and a latest checkpoint that is gone or beyond
+    the last ``progress_attr`` in the trial's restored ``result.json`` falls back to the newest
+    remaining checkpoint that history reaches (none: the trial restarts from scratch under its
+    own id).  The trainable resumes exactly, so evaluations it reports again repeat the same
+    values.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, progress_attr: str = "samples_seen") -> None:
         self._checked = False
+        self._attr = progress_attr
+
+    def _recorded(self, trial: Any) -> float:
+        """How far the trial's stored history goes (``-1``: no result.json, nothing recorded)."""
+        import json
+
+        last = -1.0
+        try:
+            with open(Path(trial.local_path) / "result.json") as f:
+                for line in f:
+                    try:
+                        last = max(last, float(json.loads(line)[self._attr]))
+                    except (ValueError, KeyError, TypeError):  # a torn last line, a foreign row
+                        continue
+        except OSError:
+            pass
+        return last
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self._checked:
@@ -210,18 +237,26 @@ class RepairCheckpointRecords(Callback):
             manager = trial.run_metadata.checkpoint_manager
             latest = manager._latest_checkpoint_result
             kept = [r for r in manager._checkpoint_results if not gone(r)]
-            if len(kept) == len(manager._checkpoint_results) and (latest is None or not gone(latest)):
-                continue
             manager._checkpoint_results = kept
-            if latest is not None and gone(latest):
-                fallback = max(kept, key=lambda r: r.metrics.get("training_iteration", 0), default=None)
-                manager._latest_checkpoint_result = fallback
-                logger.warning(
-                    "Trial %s: latest checkpoint %s is gone (driver crash); resuming from %s.",
-                    trial.trial_id,
-                    latest.checkpoint.path,
-                    fallback.checkpoint.path if fallback else "scratch",
-                )
+            if latest is None or trial.status == "TERMINATED":
+                continue
+            recorded = self._recorded(trial)
+
+            def ahead(r: Any) -> bool:
+                return float(r.metrics.get(self._attr, 0)) > recorded
+
+            why = "is gone" if gone(latest) else f"is beyond its stored results ({self._attr} {recorded:g})" if ahead(latest) else None
+            if why is None:
+                continue
+            fallback = max((r for r in kept if not ahead(r)), key=lambda r: r.metrics.get(self._attr, 0), default=None)
+            manager._latest_checkpoint_result = fallback
+            logger.warning(
+                "Trial %s: latest checkpoint %s %s (driver crash); resuming from %s.",
+                trial.trial_id,
+                latest.checkpoint.path,
+                why,
+                fallback.checkpoint.path if fallback else "scratch",
+            )
 
 
 class PrunedFeedbackOptunaSearch(OptunaSearch):

@@ -19,7 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trainables import pooling as pooling_module
 from trainables.config import ConfigError
+from trainables.pooling import pooling_of
 
 from .inference import META_FILE
 from .store import read_study
@@ -27,6 +29,7 @@ from .store import read_study
 __all__ = ["export_checkpoint", "find_checkpoint", "log_best_adapter", "main"]
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+REMOTE_MODULE = "lora_study_pooling"  # trainables/pooling.py as shipped beside a mean-pooling export
 
 
 def _experiment_dir(paths: Any) -> tuple[str, str | None]:
@@ -89,6 +92,7 @@ def find_checkpoint(study: str, storage: str | None = None, trial: str | None = 
 
 def _card(meta: dict[str, Any], merged: bool) -> str:
     m, lora = meta.get("metrics", {}), meta["config"]["lora"]
+    mean = meta.get("pooling") == "mean"
     data = meta["config"]["data"]
     lines = [
         f"# LoRA adapter{' + merged model' if merged else ''} exported by lora-study",
@@ -99,6 +103,7 @@ def _card(meta: dict[str, Any], merged: bool) -> str:
         f"- training data: `{data['path']}`, size={data.get('size') or 'all'}, max_length={data['max_length']}, samples seen={m.get('samples_seen')}",
         f"- dev accuracy {m.get('accuracy', float('nan')):.4f}, macro-F1 {m.get('f1', float('nan')):.4f}, eval loss {m.get('eval_loss', float('nan')):.4f}",
         f"- trainable parameters: {m.get('trainable_params', 0):,}",
+        f"- pooling: {'mean of the last layer (padding masked)' if mean else 'the base model head ([CLS] pooler)'}",
         f"- labels: {dict(enumerate(meta['label_names']))}",
         "",
         "## Load",
@@ -107,13 +112,20 @@ def _card(meta: dict[str, Any], merged: bool) -> str:
         "from peft import PeftModel",
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
         f"base = AutoModelForSequenceClassification.from_pretrained(BASE_MODEL_DIR, num_labels={len(meta['label_names'])})",
+        *([f"from {REMOTE_MODULE} import use_mean_pooling  # the file in THIS_DIR (or trainables.pooling)",
+           "use_mean_pooling(base)  # trained on the mean of the token states: without this, PEFT silently uses [CLS]"]
+          if mean else []),
         "model = PeftModel.from_pretrained(base, 'THIS_DIR')",
         "tokenizer = AutoTokenizer.from_pretrained('THIS_DIR')",
         "```",
         "",
         "or `python -m study.predict --model THIS_DIR \"a text\"`.",
     ]
-    if merged:
+    if merged and mean:
+        lines += ["", "`merged/` loads without PEFT or lora-study: `AutoModelForSequenceClassification.from_pretrained("
+                  "'THIS_DIR/merged', trust_remote_code=True)` (its mean pooling is the remote code "
+                  f"`merged/{REMOTE_MODULE}.py`; without `trust_remote_code` transformers refuses to load it)."]
+    elif merged:
         lines += ["", "`merged/` loads without PEFT: `AutoModelForSequenceClassification.from_pretrained('THIS_DIR/merged')`."]
     return "\n".join(lines) + "\n"
 
@@ -141,6 +153,8 @@ def export_checkpoint(checkpoint: str, out: str | Path, info: dict[str, Any] | N
     load_tokenizer(meta["base_model"]).save_pretrained(out)
     (out / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
     (out / "README.md").write_text(_card(meta, merge))
+    if meta["pooling"] == "mean":
+        shutil.copy2(pooling_module.__file__, out / f"{REMOTE_MODULE}.py")
     if merge:
         _merge(out, meta)
     return out
@@ -185,6 +199,7 @@ def _meta(ck: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         "id2label": {str(i): n for i, n in enumerate(labels)},
         "label2id": {n: i for i, n in enumerate(labels)},
         "max_length": ck["config"]["data"]["max_length"],
+        "pooling": ck.get("pooling", "cls"),  # checkpoints from before model.pooling pooled [CLS]
         "config": ck["config"],
         "metrics": ck.get("metrics", {}),
         "study": info.get("study"),
@@ -198,9 +213,34 @@ def _merge(out: Path, meta: dict[str, Any]) -> None:
     clf = load_classifier(out)
     merged = clf.model.merge_and_unload()
     target = out / "merged"
+    mean = pooling_of(merged) == "mean"
+    if mean:
+        _as_mean_pooling_remote_code(merged)
     merged.save_pretrained(target)
+    if mean:
+        shutil.copy2(pooling_module.__file__, target / f"{REMOTE_MODULE}.py")
     clf.tokenizer.save_pretrained(target)
     (target / META_FILE).write_text(json.dumps({**meta, "merged": True}, indent=1, default=str))
+
+
+def _as_mean_pooling_remote_code(merged: Any) -> None:
+    """A merged mean-pooling model is saved under ``MeanPoolingBertConfig``'s own model type, with
+    ``trainables/pooling.py`` beside it as remote code (``auto_map``): stock transformers then
+    loads it with ``trust_remote_code=True`` and refuses without — it never silently classifies
+    the [CLS] pooler output the adapter was not trained on."""
+    from transformers import BertForSequenceClassification
+
+    if not isinstance(merged, BertForSequenceClassification):
+        raise ConfigError(f"--merge: a merged mean-pooling model is written for BERT models only, not {type(merged).__name__}; "
+                          "use the adapter directory (study.predict, the MLflow model) instead")
+    fields = {k: v for k, v in merged.config.to_dict().items() if k not in ("model_type", "architectures", "auto_map")}
+    config = pooling_module.MeanPoolingBertConfig.from_dict(fields)
+    config.architectures = [pooling_module.MeanPoolingBertForSequenceClassification.__name__]
+    config.auto_map = {
+        "AutoConfig": f"{REMOTE_MODULE}.{pooling_module.MeanPoolingBertConfig.__name__}",
+        "AutoModelForSequenceClassification": f"{REMOTE_MODULE}.{pooling_module.MeanPoolingBertForSequenceClassification.__name__}",
+    }
+    merged.config = config
 
 
 def log_best_adapter(tracking_uri: str, parent_run_id: str, summary: dict[str, Any], registered_name: str, paths: Any) -> dict[str, Any]:

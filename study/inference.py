@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from trainables.config import ConfigError
+from trainables.pooling import MeanPoolingBertConfig, MeanPoolingBertForSequenceClassification, use_mean_pooling
 
 __all__ = ["Classifier", "load_classifier", "META_FILE"]
 
@@ -91,11 +92,15 @@ def load_classifier(directory: str | Path) -> Classifier:
             base = AutoModelForSequenceClassification.from_pretrained(
                 resolve_model_name(base_name), num_labels=len(labels),
                 id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+            if meta.get("pooling", "cls") == "mean":  # older exports have no key: they pooled [CLS]
+                use_mean_pooling(base)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations PEFT still calls
                 model, kind = PeftModel.from_pretrained(base, str(d)), "adapter"
         else:
-            model, kind = AutoModelForSequenceClassification.from_pretrained(d), "merged"
+            mean = json.loads((d / "config.json").read_text()).get("model_type") == MeanPoolingBertConfig.model_type
+            factory = MeanPoolingBertForSequenceClassification if mean else AutoModelForSequenceClassification
+            model, kind = factory.from_pretrained(d), "merged"
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     except ConfigError:
         raise

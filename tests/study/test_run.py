@@ -26,6 +26,8 @@ BAD = [
     (["--config", QUICK, "--set", "search.lora.target_modules.choice=[qv,[query,q_proj]]"], "q_proj"),
     (["--config", QUICK, "--set", "lora.modules_to_save=[poolr]"], "lora.modules_to_save: ['poolr']"),
     (["--config", QUICK, "--set", "search.data.size.choice=[1000,99999999]"], "larger than the train split"),
+    (["--config", QUICK, "--set", "model.pooling=max"], "model.pooling"),
+    (["--config", QUICK, "--set", "lora.modules_to_save=[pooler]"], "pooler has no weights with mean pooling"),
     (["--config", QUICK, "--set", "model.name=/nonexistent/model"], "model.name"),
     (["--name", "nope", "--resume"], "no study named 'nope'"),
     (["--resume"], "--resume needs --name"),

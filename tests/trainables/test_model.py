@@ -58,3 +58,18 @@ def test_modules_to_save_trains_the_pooler_too(tiny_bert, tmp_path):
 def test_unknown_module_to_save_is_one_line(tiny_bert):
     with pytest.raises(ConfigError, match=r"lora.modules_to_save: \['poolr'\] match no module.*pooler"):
         build_model(str(tiny_bert), LoraSection(modules_to_save=["poolr"]), ["neg", "pos"])
+
+
+@pytest.mark.parametrize("dropout,deterministic", [(None, False), (0.0, True)])
+def test_model_dropout_sets_the_base_models_dropout(tiny_bert, dropout, deterministic):
+    """``model.dropout=0`` turns off every dropout of the frozen base (hidden, attention, head input):
+    two training-mode forwards agree; the model's own 0.1 makes them differ. LoRA's stays its own."""
+    import torch
+
+    model = build_model(str(tiny_bert), LoraSection(r=2, dropout=0.0), ["neg", "pos"], base_dropout=dropout).train()
+    ids = torch.tensor([[101, 2204, 3185, 2003, 2200, 2204, 102]])
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
+    assert torch.equal(a, b) == deterministic
+    lora = build_model(str(tiny_bert), LoraSection(r=2, dropout=0.2), ["neg", "pos"], base_dropout=0.0)
+    assert {m.p for n, m in lora.named_modules() if isinstance(m, torch.nn.Dropout) and "lora_dropout" in n} == {0.2}

@@ -31,6 +31,7 @@ __all__ = [
     "run_metadata",
     "busy_note",
     "write_json",
+    "run_benchmark",
 ]
 
 #: Repository root (benchmarks/ is one level below it).
@@ -182,3 +183,22 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, p)
     return p
+
+
+def run_benchmark(args: Any, run: Any, summary: Any, table: Any = None) -> int:
+    """The end of every benchmark's ``main()``: ``res = run(args)``; a ``BenchmarkError`` or a
+    config/data error of the trainable is one ``error:`` line (exit 2), never a traceback; then
+    ``table(res)``, the JSON file (``--json``) and the one-line ``summary(res)``."""
+    from trainables.config import ConfigError
+
+    try:
+        res = run(args)
+    except (BenchmarkError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if table is not None:
+        table(res)
+    if getattr(args, "json", None):
+        print(f"wrote {write_json(args.json, res)}")
+    print(summary(res))
+    return 0

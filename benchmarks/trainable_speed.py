@@ -64,10 +64,10 @@ from benchmarks.common import (  # noqa: E402
     BenchmarkError,
     busy_note,
     load_average,
+    run_benchmark,
     run_metadata,
     sst2_dir,
     usable_cpus,
-    write_json,
 )
 
 RECIPE = ROOT / "trainables" / "configs" / "seed-002.yaml"
@@ -176,7 +176,7 @@ def process_warmup(cfg: Any, data: Any, device: str, steps: int = 4) -> None:
     from trainables.model import build_model
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model.name, cfg.lora, data.label_names).to(device).train()
+    model = build_model(cfg.model.name, cfg.lora, data.label_names, cfg.model.pooling, cfg.model.dropout).to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     batches = make_batches(data.train.lengths, cfg.train.batch_size, cfg.train.seed + 1, 0, cfg.train.bucket_chunk)
     for idx in batches[:steps]:
@@ -297,7 +297,7 @@ def measure_hf(args: argparse.Namespace, cfg: Any, data: Any, tokenizer: Any, wa
         "labels": data.train.labels.tolist(),
     })
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model.name, cfg.lora, data.label_names)
+    model = build_model(cfg.model.name, cfg.lora, data.label_names, cfg.model.pooling, cfg.model.dropout)
     collator = _RecordingCollator(DataCollatorWithPadding(tokenizer))
     timer = _step_timer(warmup, args.device)
     with tempfile.TemporaryDirectory(prefix="hf-trainer-bench-") as out_dir:
@@ -483,6 +483,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_grad_norm": cfg.train.max_grad_norm,
             "bucket_chunk": cfg.train.bucket_chunk,
             "fast_dropout": cfg.train.fast_dropout,
+            "pooling": cfg.model.pooling,
             "overrides": args.set,
             "lora": {"r": cfg.lora.r, "alpha": cfg.lora.effective_alpha(), "dropout": cfg.lora.dropout,
                      "target_modules": cfg.lora.module_list()},
@@ -499,24 +500,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        res = run(args)
-    except BenchmarkError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # ConfigError / DataError from the trainable: one line, no traceback
-        from trainables.config import ConfigError
-
-        if isinstance(e, ConfigError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
-    print_table(res)
-    if args.json:
-        print(f"wrote {write_json(args.json, res)}")
-    print(summary_line(res))
-    return 0
+    return run_benchmark(parse_args(argv), run, summary_line, table=print_table)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ dev sentences alone put a ±1.1-point binomial standard error on each run; a rec
 worth something if it moves the mean over seeds, paired by seed. Each seed is a full standalone
 trial (``trainables.lora.run_trial``, no Ray) with the recipe's own evaluation schedule; the
 result file holds every seed's curve, the final accuracies and their mean/sd, the machine and
-the commit.
+the commit; it is rewritten after each seed (``"complete": false`` until the last), so an
+interrupted benchmark keeps the seeds it finished.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, BenchmarkError, run_benchmark, run_metadata, sst2_dir  # noqa: E402
+from benchmarks.common import ROOT, BenchmarkError, run_benchmark, run_metadata, sst2_dir, write_json  # noqa: E402
 
 __all__ = ["parse_seeds", "run", "main"]
 
@@ -79,6 +80,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "wall_s": round(time.perf_counter() - t0, 1),
                      "curve": [{"samples_seen": h["samples_seen"], "accuracy": h["accuracy"]} for h in history]})
         print(f"  seed {seed}: accuracy {final['accuracy']:.4f} ({runs[-1]['wall_s']:.0f} s)", flush=True)
+        if args.json and len(runs) < len(seeds):  # a run is minutes: a crash or Ctrl-C keeps the seeds done
+            write_json(args.json, _result(args, seeds, cfgs, meta, runs))
+    return _result(args, seeds, cfgs, meta, runs)
+
+
+def _result(args: argparse.Namespace, seeds: list[int], cfgs: dict[int, Any], meta: dict[str, Any],
+            runs: list[dict[str, Any]]) -> dict[str, Any]:
     accs = [r["accuracy"] for r in runs]
     first = next(iter(cfgs.values()))
     return {
@@ -87,6 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"file": str(args.config), "overrides": args.set, "trial": first.model_dump(exclude={"train": {"seed"}})},
         "goal": args.goal,
         "seeds": seeds,
+        "complete": len(runs) == len(seeds),
         "accuracy": {"mean": statistics.fmean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else None,
                      "min": min(accs), "max": max(accs), "at_goal": sum(a >= args.goal for a in accs)},
         "runs": runs,

@@ -21,7 +21,6 @@ from typing import Any
 
 from trainables import pooling as pooling_module
 from trainables.config import ConfigError
-from trainables.pooling import pooling_of
 
 from .inference import META_FILE
 from .store import read_study
@@ -154,7 +153,7 @@ def export_checkpoint(checkpoint: str, out: str | Path, info: dict[str, Any] | N
     (out / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
     (out / "README.md").write_text(_card(meta, merge))
     if meta["pooling"] == "mean":
-        shutil.copy2(pooling_module.__file__, out / f"{REMOTE_MODULE}.py")
+        _ship_pooling_code(out)
     if merge:
         _merge(out, meta)
     return out
@@ -213,14 +212,20 @@ def _merge(out: Path, meta: dict[str, Any]) -> None:
     clf = load_classifier(out)
     merged = clf.model.merge_and_unload()
     target = out / "merged"
-    mean = pooling_of(merged) == "mean"
+    mean = pooling_module.pooling_of(merged) == "mean"
     if mean:
         _as_mean_pooling_remote_code(merged)
     merged.save_pretrained(target)
     if mean:
-        shutil.copy2(pooling_module.__file__, target / f"{REMOTE_MODULE}.py")
+        _ship_pooling_code(target)
     clf.tokenizer.save_pretrained(target)
     (target / META_FILE).write_text(json.dumps({**meta, "merged": True}, indent=1, default=str))
+
+
+def _ship_pooling_code(directory: Path) -> None:
+    """``trainables/pooling.py`` beside an export: the adapter card imports it, a merged model's
+    ``auto_map`` names it."""
+    shutil.copy2(pooling_module.__file__, directory / f"{REMOTE_MODULE}.py")
 
 
 def _as_mean_pooling_remote_code(merged: Any) -> None:

@@ -66,6 +66,7 @@ What Ray 2.60 does *not* do, and this module adds:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -210,8 +211,6 @@ class RepairCheckpointRecords(Callback):
 
     def _recorded(self, trial: Any) -> float:
         """How far the trial's stored history goes (``-1``: no result.json, nothing recorded)."""
-        import json
-
         last = -1.0
         try:
             with open(Path(trial.local_path) / "result.json") as f:
@@ -245,8 +244,11 @@ class RepairCheckpointRecords(Callback):
             def ahead(r: Any) -> bool:
                 return float(r.metrics.get(self._attr, 0)) > recorded
 
-            why = "is gone" if gone(latest) else f"is beyond its stored results ({self._attr} {recorded:g})" if ahead(latest) else None
-            if why is None:
+            if gone(latest):
+                why = "is gone"
+            elif ahead(latest):
+                why = f"is beyond its stored results ({self._attr} {recorded:g})"
+            else:
                 continue
             fallback = max((r for r in kept if not ahead(r)), key=lambda r: r.metrics.get(self._attr, 0), default=None)
             manager._latest_checkpoint_result = fallback

@@ -13,6 +13,7 @@ import os
 import re
 import warnings
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_MODEL, ConfigError, LoraSection
@@ -113,11 +114,11 @@ def trained_with_mean_pooling(model_name: str) -> bool:
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            found = try_to_load_from_cache(model_name, "1_Pooling/config.json")
+            found = try_to_load_from_cache(model_name, "1_Pooling/config.json")  # a path, or None/a sentinel
         except Exception:  # a malformed id: nothing we can see
             return False
     try:
-        return isinstance(found, str) and json.loads(open(found).read()).get("pooling_mode_mean_tokens") is True
+        return isinstance(found, str) and json.loads(Path(found).read_text()).get("pooling_mode_mean_tokens") is True
     except (OSError, json.JSONDecodeError):
         return False
 

@@ -46,7 +46,7 @@ def test_each_seed_is_its_own_trial(tiny_bert, sst2_small, tmp_path, capsys):
         assert run["accuracy"] == history[-1]["accuracy"]
         assert [c["samples_seen"] for c in run["curve"]] == [32, 64]
     accs = [r["accuracy"] for r in res["runs"]]
-    assert res["seeds"] == [0, 1] and res["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
+    assert res["complete"] is True and res["seeds"] == [0, 1] and res["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
     assert res["accuracy"]["at_goal"] == sum(a >= 0.5 for a in accs)
     assert res["config"]["overrides"] == sets and res["date"] and res["hardware"]["usable_cpus"] >= 1
     assert "mean" in capsys.readouterr().out.splitlines()[-1]
@@ -62,3 +62,24 @@ def test_bad_input_is_one_line(extra, expected, tiny_bert, sst2_small, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and expected in err and len(err.splitlines()) == 1
     assert not (tmp_path / "q.json").exists()
+
+
+def test_an_interrupted_run_keeps_the_seeds_it_finished(tiny_bert, sst2_small, tmp_path, monkeypatch):
+    """A crash (or Ctrl-C) in seed 2 of 2 leaves seed 1's result on disk, marked incomplete."""
+    import trainables.lora
+
+    real, calls = trainables.lora.run_trial, []
+
+    def crashing(cfg, **kw):
+        calls.append(cfg.train.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(trainables.lora, "run_trial", crashing)
+    out = tmp_path / "q.json"
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(tiny_args(tiny_bert, sst2_small, out))
+    res = json.loads(out.read_text())
+    assert calls == [0, 1] and res["complete"] is False
+    assert [r["seed"] for r in res["runs"]] == [0] and res["accuracy"]["mean"] == res["runs"][0]["accuracy"]

@@ -55,6 +55,8 @@ class RawSplits:
     dev_labels: np.ndarray
     label_names: list[str]  # id -> name
     source: str  # where the data came from (for error messages and provenance)
+    val_texts: list[str] | None = None  # data.holdout_size examples carved out of train
+    val_labels: np.ndarray | None = None
 
 
 @dataclass
@@ -76,6 +78,7 @@ class TrialData:
     dev: TokenizedSplit
     label_names: list[str]
     pad_id: int
+    val: TokenizedSplit | None = None  # the held-out validation split (data.holdout_size), if any
 
 
 # --------------------------------------------------------------------------- loading
@@ -195,7 +198,23 @@ def load_splits(cfg: DataConfig) -> RawSplits:
         keep = subset_indices(dev_labels, cfg.dev_size, cfg.seed)
         dev_texts = [dev_texts[i] for i in keep]
         dev_labels = dev_labels[keep]
-    return RawSplits(train_texts, train_ids, dev_texts, dev_labels, names, source)
+    raw = RawSplits(train_texts, train_ids, dev_texts, dev_labels, names, source)
+    return _hold_out(raw, cfg) if cfg.holdout_size else raw
+
+
+def _hold_out(raw: RawSplits, cfg: DataConfig) -> RawSplits:
+    """Move ``data.holdout_size`` stratified train examples into the validation split; every
+    training subset is then drawn from what is left, so none of them ever sees these."""
+    n = len(raw.train_texts)
+    if cfg.holdout_size > n - 2:
+        raise DataError(f"data.holdout_size={cfg.holdout_size} leaves too little of the train split ({n} examples in {raw.source})")
+    val = subset_indices(raw.train_labels, cfg.holdout_size, cfg.seed)
+    rest = np.setdiff1d(np.arange(n), val)
+    raw.val_texts = [raw.train_texts[i] for i in val]
+    raw.val_labels = raw.train_labels[val]
+    raw.train_texts = [raw.train_texts[i] for i in rest]
+    raw.train_labels = raw.train_labels[rest]
+    return raw
 
 
 def _label_key(v: Any) -> str:
@@ -358,6 +377,9 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> TrialData:
     keep = subset_indices(raw.train_labels, cfg.size, cfg.seed)
     train_ids = tokenize_cached(raw.train_texts, tokenizer, cfg.max_length, cfg.cache_dir)
     dev_ids = tokenize_cached(raw.dev_texts, tokenizer, cfg.max_length, cfg.cache_dir)
+    val = None
+    if raw.val_texts is not None:
+        val = TokenizedSplit(tokenize_cached(raw.val_texts, tokenizer, cfg.max_length, cfg.cache_dir), raw.val_labels)
     if len(set(raw.train_labels[keep].tolist())) < 2:
         raise DataError(f"data.size={cfg.size} leaves a single label in the train subset; use a larger size")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -366,4 +388,5 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> TrialData:
         dev=TokenizedSplit(dev_ids, raw.dev_labels),
         label_names=raw.label_names,
         pad_id=pad_id,
+        val=val,
     )

@@ -11,8 +11,9 @@ Speed on CPU comes from two choices, both measured in ``benchmarks/trainable_spe
 length-bucketed batches (``data.make_batches``: little padding) and ``FastDropout``
 (``dropout.py``: dropout masks at a fifth of torch's CPU cost, ``train.fast_dropout``).
 
-Reported metrics: ``accuracy``, ``f1`` (macro), ``eval_loss``, ``train_loss`` (mean since the last
-report), ``samples_seen`` (the fidelity ASHA schedules on), ``epoch``, ``trainable_params``,
+Reported metrics: ``accuracy``, ``f1`` (macro), ``eval_loss`` (on the held-out validation split when
+``data.holdout_size`` is set, which then adds the dev split as ``dev_accuracy``, ``dev_f1``,
+``dev_eval_loss``; else on dev), ``train_loss`` (mean since the last report), ``samples_seen`` (the fidelity ASHA schedules on), ``epoch``, ``trainable_params``,
 ``samples_per_s`` (training throughput since the last report, evaluation excluded),
 ``samples_total`` (what the trial sees if no scheduler stops it), and where the time went:
 ``setup_s`` (data + model load before the first step, this run of the trial), ``train_s`` and
@@ -48,6 +49,7 @@ __all__ = [
     "build_optimizer",
     "train_steps",
     "evaluate",
+    "evaluate_splits",
     "predict_logits",
     "save_checkpoint",
     "load_checkpoint",
@@ -69,7 +71,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     samples_seen: int = 0
-    next_eval_at: int = 0
+    next_eval_at: int = 0  # samples; 0 = no scheduled evaluation left (only the end's, or per epoch)
 
 
 @dataclass
@@ -86,6 +88,19 @@ class Plan:
     total_steps: int
     eval_every: int | None  # samples; None = at each epoch end
     total_samples: int  # what the trial sees if nothing stops it (a scheduler stop shows as less)
+    eval_at: tuple[int, ...] = ()  # extra evaluation points (samples)
+
+    @property
+    def scheduled(self) -> bool:
+        """Evaluations by samples seen (else: at each epoch's end)."""
+        return self.eval_every is not None or bool(self.eval_at)
+
+    def next_eval(self, seen: int) -> int:
+        """The first scheduled evaluation point after ``seen`` samples (0: none left)."""
+        points = [p for p in self.eval_at if p > seen]
+        if self.eval_every is not None:
+            points.append((seen // self.eval_every + 1) * self.eval_every)
+        return min(points, default=0)
 
 
 # --------------------------------------------------------------------------- setup
@@ -124,7 +139,8 @@ def make_plan(cfg: TrialConfig, n_train: int) -> Plan:
     full, rest = divmod(total_steps, steps_per_epoch)
     last = n_train - (steps_per_epoch - 1) * bs  # the one short batch of each epoch
     partial = sum(bs if i < steps_per_epoch - 1 else last for i in range(rest)) if rest else 0
-    return Plan(steps_per_epoch, total_steps, cfg.train.eval_every_samples, full * n_train + partial)
+    return Plan(steps_per_epoch, total_steps, cfg.train.eval_every_samples, full * n_train + partial,
+                tuple(cfg.train.eval_at_samples or ()))
 
 
 # --------------------------------------------------------------------------- loop
@@ -160,13 +176,11 @@ def train_steps(model, optimizer, scheduler, data: TrialData, state: TrainState,
             state.batch_in_epoch = 0
             if state.step < plan.total_steps:
                 batches = make_batches(lengths, cfg.train.batch_size, cfg.train.seed, state.epoch, cfg.train.bucket_chunk)
-        if plan.eval_every is None and epoch_done:
+        if not plan.scheduled and epoch_done:
             break
-        if plan.eval_every is not None and state.samples_seen >= state.next_eval_at:
+        if state.next_eval_at and state.samples_seen >= state.next_eval_at:
             break
-    if plan.eval_every is not None:
-        while state.next_eval_at <= state.samples_seen:
-            state.next_eval_at += plan.eval_every
+    state.next_eval_at = plan.next_eval(state.samples_seen)
     return losses
 
 
@@ -199,6 +213,16 @@ def evaluate(model, split: TokenizedSplit, pad_id: int, batch_size: int, device)
         "f1": float(f1_score(split.labels, preds, average="macro")),
         "eval_loss": float(loss),
     }
+
+
+def evaluate_splits(model, data: TrialData, batch_size: int, device) -> dict[str, float]:
+    """The metrics a trial reports: on the held-out validation split (with the dev split beside
+    it as ``dev_*``) when ``data.holdout_size`` made one, else on dev."""
+    if data.val is None:
+        return evaluate(model, data.dev, data.pad_id, batch_size, device)
+    metrics = evaluate(model, data.val, data.pad_id, batch_size, device)
+    metrics.update({f"dev_{k}": v for k, v in evaluate(model, data.dev, data.pad_id, batch_size, device).items()})
+    return metrics
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -269,11 +293,11 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan = make_plan(cfg, len(data.train))
     optimizer, scheduler = build_optimizer(model, cfg, plan)
-    state, history = TrainState(next_eval_at=plan.eval_every or 0), []
+    state, history = TrainState(next_eval_at=plan.next_eval(0)), []
     if resume is not None:
         state, history = _restore(model, optimizer, scheduler, resume, device)
     if log:
-        log(f"{len(data.train)} train / {len(data.dev)} dev examples, labels {data.label_names}; "
+        log(f"{len(data.train)} train / " + (f"{len(data.val)} validation / " if data.val is not None else "") + f"{len(data.dev)} dev examples, labels {data.label_names}; "
             f"{trainable:,} trainable params; {pooling_of(model)} pooling; {plan.total_steps} steps"
             + (f"; resuming at step {state.step}" if resume else ""))
     setup_s = time.perf_counter() - t_setup
@@ -281,7 +305,7 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
         t0, seen0 = time.perf_counter(), state.samples_seen
         losses = train_steps(model, optimizer, scheduler, data, state, plan, cfg, device)
         train_s = time.perf_counter() - t0
-        metrics = evaluate(model, data.dev, data.pad_id, cfg.train.eval_batch_size, device)
+        metrics = evaluate_splits(model, data, cfg.train.eval_batch_size, device)
         eval_s = time.perf_counter() - t0 - train_s
         metrics.update(
             train_loss=float(np.mean(losses)) if losses else float("nan"),
@@ -300,7 +324,9 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
         if log:
             log(f"step {state.step}/{plan.total_steps} samples {state.samples_seen} epoch {metrics['epoch']:.2f} "
                 f"train_loss {metrics['train_loss']:.4f} eval_loss {metrics['eval_loss']:.4f} "
-                f"acc {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f} ({metrics['samples_per_s']:.0f} samples/s)")
+                f"acc {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}"
+                + (f" dev_acc {metrics['dev_accuracy']:.4f}" if "dev_accuracy" in metrics else "")
+                + f" ({metrics['samples_per_s']:.0f} samples/s)")
         if report is not None:
             with tempfile.TemporaryDirectory(prefix="lora-ckpt-") as d:
                 save_checkpoint(d, model, optimizer, scheduler, state, cfg, data.label_names, metrics, history)

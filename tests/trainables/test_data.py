@@ -142,3 +142,27 @@ def test_sst2_padding_efficiency_with_real_tokenizer(sst2):
     lengths = data.train.lengths
     eff = padding_efficiency(lengths, make_batches(lengths, 32, seed=0, epoch=0))
     assert eff >= 0.9, eff
+
+
+def test_holdout_is_stratified_fixed_and_never_trained_on(sst2_small):
+    from trainables.config import DataConfig
+    from trainables.data import load_splits
+
+    base = load_splits(DataConfig(path=str(sst2_small)))
+    raw = load_splits(DataConfig(path=str(sst2_small), holdout_size=200))
+    assert len(raw.val_texts) == 200 and len(raw.train_texts) == len(base.train_texts) - 200
+    assert raw.dev_texts == base.dev_texts  # dev stays the untouched report split
+    train_rows = set(zip(raw.train_texts, raw.train_labels.tolist()))
+    assert not train_rows & set(zip(raw.val_texts, raw.val_labels.tolist()))
+    share = base.train_labels.mean()
+    assert abs(raw.val_labels.mean() - share) < 0.01  # stratified
+    again = load_splits(DataConfig(path=str(sst2_small), holdout_size=200))
+    assert again.val_texts == raw.val_texts  # fixed by data.seed
+
+
+def test_holdout_too_large_is_one_line(sst2_small):
+    from trainables.config import DataConfig
+    from trainables.data import DataError, load_splits
+
+    with pytest.raises(DataError, match="holdout_size=599"):
+        load_splits(DataConfig(path=str(sst2_small), holdout_size=599))

@@ -54,6 +54,25 @@ def test_eval_per_epoch_when_unset(tiny_bert, sst2_small):
     assert [m["samples_seen"] for m in rep.metrics] == [256, 384]
 
 
+@pytest.mark.parametrize("every, at, expected", [
+    (None, [100, 200, 400], [112, 208, 400, 512]),  # geometric points, then the end
+    (160, [50], [64, 160, 320, 480, 512]),  # both schedules merge
+    (None, [10_000], [512]),  # a point past the end: only the end
+])
+def test_eval_at_samples(tiny_bert, sst2_small, every, at, expected):
+    rep = Collect()
+    run_trial(tiny_cfg(tiny_bert, sst2_small, **{"train.eval_every_samples": every, "train.eval_at_samples": at}), report=rep)
+    assert [m["samples_seen"] for m in rep.metrics] == expected
+
+
+def test_holdout_reports_validation_and_dev(tiny_bert, sst2_small):
+    rep = Collect()
+    run_trial(tiny_cfg(tiny_bert, sst2_small, **{"data.holdout_size": 100, "train.epochs": 1}), report=rep)
+    last = rep.metrics[-1]
+    assert {"accuracy", "f1", "eval_loss", "dev_accuracy", "dev_f1", "dev_eval_loss"} <= set(last)
+    assert last["accuracy"] != last["dev_accuracy"] or last["eval_loss"] != last["dev_eval_loss"]
+
+
 def test_resume_continues_exactly(tiny_bert, sst2_small):
     cfg = tiny_cfg(tiny_bert, sst2_small, **{"lora.dropout": 0.3})
     full = Collect()

@@ -1,20 +1,27 @@
-"""Replay search strategies against a recorded curve table, in simulated time.
+"""Replay search strategies against a recorded learning-curve table, in simulated time.
 
-A discrete-event simulation of a Tune study on ``workers`` identical slots: a started trial
-costs ``startup_s`` (Ray scheduling + trial start-up outside the trainable, measured by
-``benchmarks/overhead.py``) and then each of its evaluations arrives at the recorded ``elapsed_s``
-of its grid point, plus ``eval_overhead_s`` per report (checkpoint persistence, MLflow). At
-every evaluation the strategy's scheduler decides CONTINUE/STOP and its searcher hears about the
-result, in the order ``TuneController._process_trial_result`` uses (scheduler first; the
-searcher's ``on_trial_result`` only for trials that continue; ``on_trial_complete`` when a
-trial stops or finishes). A freed slot immediately starts the next suggestion. Nothing after
-``budget_s`` counts.
+A discrete-event simulation of a Tune study on ``workers`` identical one-core slots: a started
+trial costs ``startup_s`` (Ray scheduling and trial start-up outside the trainable, measured by
+``benchmarks/overhead.py``) and then each of its evaluations arrives when the recorded CPU seconds
+of its configuration say (``cpu_s`` minus the recording's own data/model set-up), plus
+``eval_overhead_s`` per report (checkpoint persistence, MLflow). At every evaluation the
+strategy's scheduler decides CONTINUE/STOP and its searcher hears about the result in the order
+``TuneController._process_trial_result`` uses (scheduler first; the searcher's ``on_trial_result``
+only for trials that continue; ``on_trial_complete`` when a trial stops or finishes). A freed slot
+immediately starts the next suggestion. Nothing after ``budget_s`` counts.
 
-The searchers and schedulers are the real objects the study uses, not re-implementations:
-``study.searcher.make_searcher`` / ``make_scheduler`` (TPE + ASHA with pruned-trial feedback),
-stock ``ray.tune.search.optuna.OptunaSearch`` + ``ray.tune.schedulers.ASHAScheduler``; only the
-clock and the trainable are simulated. So a replay differs from a live run only where the
-recorded time or accuracy of a configuration differs, which ``validate`` measures.
+The searchers and schedulers are the real objects: ``study.strategy.build_strategy`` (what
+``study.run`` uses), stock ``ray.tune.search.optuna.OptunaSearch`` and
+``ray.tune.schedulers.ASHAScheduler``. Only the clock and the trainable are simulated.
+
+Continuous spaces meet a finite table here: a suggested configuration is answered with the
+recorded curve of its nearest recorded configuration of the same data size (a nearest-neighbour
+surrogate; cf. Eggensperger et al. 2015, "Efficient Benchmarking of Hyperparameter Optimizers via
+Surrogates"). The distance weights each searched key by how much it matters: they are fitted so
+that a configuration's nearest *other* recorded configuration predicts its final accuracy best
+(leave-one-out), which makes a suggestion near a good configuration behave like one. Because the
+recorded configurations are themselves uniform draws from the space, random search through the
+surrogate samples the table (nearly) uniformly, as it would sample the space.
 """
 
 from __future__ import annotations
@@ -22,78 +29,131 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import random
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from .search_grid import GRID, KEYS, SEED_POINTS, grid_points, point_id
+import numpy as np
 
-__all__ = ["Curve", "CurveTable", "Strategy", "STRATEGIES", "make_strategy", "SimRun", "simulate", "replay_trace"]
+__all__ = ["Curve", "CurveTable", "Strategy", "SimRun", "simulate", "ListSearcher", "coordinates"]
 
-CONTINUE, STOP = "CONTINUE", "STOP"
+CONTINUE, STOP, FINISHED = "CONTINUE", "STOP", "FINISHED"
+SIZE_KEY = "data.size"
 
 
 @dataclass
 class Curve:
-    """One grid point's recorded evaluations (in order)."""
+    """One recorded configuration's evaluations (in order)."""
 
+    config: str
+    kind: str  # random | seed000 | seed002
     point: dict[str, Any]
     samples_seen: list[int]
-    accuracy: list[float]
-    elapsed_s: list[float]
+    accuracy: list[float]  # validation split (what a study selects on)
+    dev_accuracy: list[float]  # SST-2 dev, reported beside it
+    cost_s: list[float]  # CPU seconds from the first training step to the end of each evaluation
     samples_total: int
 
     @property
     def best(self) -> float:
         return max(self.accuracy)
 
+    @property
+    def final(self) -> float:
+        return self.accuracy[-1]
+
+
+def coordinates(space: dict[str, Any], point: dict[str, Any]) -> np.ndarray:
+    """A configuration as numbers in [0, 1] per searched key: log scale for ``loguniform``, linear
+    for ``uniform``/``randint``, the position in the list for ``choice`` (the shipped spaces list
+    ranks, multiples, sizes and target presets in increasing order)."""
+    out = []
+    for key, dist in space.items():
+        kind, v, x = dist.kind, getattr(dist, dist.kind), point[key]
+        if kind == "choice":
+            idx = next(i for i, c in enumerate(v) if c == x or (isinstance(c, float) and isinstance(x, (int, float)) and math.isclose(c, x)))
+            out.append(idx / max(1, len(v) - 1))
+        elif kind == "loguniform":
+            out.append((math.log(x) - math.log(v[0])) / (math.log(v[1]) - math.log(v[0])))
+        else:
+            out.append((x - v[0]) / (v[1] - v[0]))
+    return np.asarray(out, dtype=float)
+
 
 class CurveTable:
-    """Lookup of recorded curves by grid point (a pandas frame from ``search_grid.load_table``)."""
+    """The recorded curves (``benchmarks.curve_table.load_table``) and the nearest-neighbour lookup."""
 
-    def __init__(self, frame: Any) -> None:
-        self.curves: dict[str, Curve] = {}
-        for pid, g in frame.groupby("point", sort=False):
+    def __init__(self, frame: Any, space: dict[str, Any]) -> None:
+        self.space = dict(space)
+        self.keys = list(space)
+        self.curves: list[Curve] = []
+        for cid, g in frame.groupby("config", sort=True):
             g = g.sort_values("eval")
-            point = {k: _native(g[k].iloc[0]) for k in KEYS}
-            total = int(g["samples_total"].iloc[0]) if "samples_total" in g else int(g["samples_seen"].max())
-            self.curves[str(pid)] = Curve(point, [int(x) for x in g["samples_seen"]], [float(x) for x in g["accuracy"]],
-                                          [float(x) for x in g["elapsed_s"]], total)
-        missing = [point_id(p) for p in grid_points() if point_id(p) not in self.curves]
-        self.complete = not missing
-        self.missing = missing
+            setup = float(g["setup_cpu_s"].iloc[0]) if "setup_cpu_s" in g else 0.0
+            point = {k: _native(g[k].iloc[0]) for k in self.keys}
+            self.curves.append(Curve(
+                str(cid), str(g["kind"].iloc[0]), point, [int(x) for x in g["samples_seen"]],
+                [float(x) for x in g["accuracy"]], [float(x) for x in g.get("dev_accuracy", g["accuracy"])],
+                [max(0.0, float(x) - setup) for x in g["cpu_s"]], int(g["samples_total"].iloc[0])))
+        self.by_id = {c.config: c for c in self.curves}
+        self._x = np.stack([coordinates(self.space, c.point) for c in self.curves]) if self.curves else np.zeros((0, len(self.keys)))
+        self._size = np.asarray([c.point.get(SIZE_KEY) for c in self.curves], dtype=object)
+        self.weights = np.ones(len(self.keys))
 
     def __len__(self) -> int:
         return len(self.curves)
 
-    def get(self, point: dict[str, Any]) -> Curve:
-        pid = point_id({k: _snap(k, point[k]) for k in KEYS})
-        try:
-            return self.curves[pid]
-        except KeyError:
-            raise KeyError(f"grid point {pid} is not in the curve table (record it first)") from None
+    def random_curves(self) -> list[Curve]:
+        """The configurations drawn from the space (not the seed recipes added beside them)."""
+        return [c for c in self.curves if c.kind == "random"]
 
-    def max_t(self) -> int:
-        return max(c.samples_total for c in self.curves.values())
+    def best_accuracy(self) -> float:
+        return max(c.best for c in self.curves)
 
-    def quantile_best(self, q: float) -> float:
-        """The ``q``-quantile of the points' best accuracies (for choosing a target)."""
-        import numpy as np
+    def snap(self, point: dict[str, Any], exclude: int | None = None) -> Curve:
+        """The recorded curve nearest to ``point`` (same data size when the size is searched)."""
+        x = coordinates(self.space, point)
+        d = ((self._x - x) ** 2 * self.weights).sum(1)
+        if SIZE_KEY in self.space:
+            d = np.where(self._size == point[SIZE_KEY], d, np.inf)
+        if exclude is not None:
+            d[exclude] = np.inf
+        if not np.isfinite(d).any():
+            raise KeyError(f"no recorded configuration with {SIZE_KEY}={point.get(SIZE_KEY)!r}")
+        return self.curves[int(np.argmin(d))]
 
-        return float(np.quantile([c.best for c in self.curves.values()], q))
+    def loo_error(self, weights: np.ndarray | None = None) -> float:
+        """Mean absolute error of predicting each configuration's final accuracy by its nearest
+        other configuration (same size) under ``weights``."""
+        w = self.weights if weights is None else weights
+        final = np.asarray([c.final for c in self.curves])
+        diff = ((self._x[:, None, :] - self._x[None, :, :]) ** 2 * w).sum(-1)
+        if SIZE_KEY in self.space:
+            diff = np.where(self._size[:, None] == self._size[None, :], diff, np.inf)
+        np.fill_diagonal(diff, np.inf)
+        nearest = diff.argmin(1)
+        return float(np.mean(np.abs(final - final[nearest])))
+
+    def fit_weights(self, grid: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0), rounds: int = 3) -> dict[str, float]:
+        """Coordinate descent on the per-key weights of the snapping distance, minimizing the
+        leave-one-out error; returns the weights by key (the size key only gates, weight 0)."""
+        w = np.ones(len(self.keys))
+        free = [i for i, k in enumerate(self.keys) if k != SIZE_KEY]
+        for i, k in enumerate(self.keys):
+            if k == SIZE_KEY:
+                w[i] = 0.0
+        for _ in range(rounds):
+            for i in free:
+                best = min(grid, key=lambda g: (self.loo_error(np.where(np.arange(len(w)) == i, g, w)), -g))
+                w[i] = best
+        if not w[free].any():
+            w[free] = 1.0
+        self.weights = w
+        return dict(zip(self.keys, w.tolist()))
 
 
 def _native(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else x
-
-
-def _snap(key: str, value: Any) -> Any:
-    """The grid value a suggestion means (Optuna returns the choice itself; floats compare by value)."""
-    for v in GRID[key]:
-        if v == value or (isinstance(v, float) and isinstance(value, (int, float)) and math.isclose(v, value, rel_tol=1e-9)):
-            return v
-    raise KeyError(f"{key}={value!r} is not a grid value ({GRID[key]})")
 
 
 # --------------------------------------------------------------------------- strategies
@@ -102,17 +162,18 @@ def _snap(key: str, value: Any) -> Any:
 class Strategy:
     """A searcher + scheduler pair behind three calls; ``suggest`` returns None when exhausted."""
 
-    def __init__(self, searcher: Any, scheduler: Any | None) -> None:
-        self.searcher, self.scheduler = searcher, scheduler
+    def __init__(self, searcher: Any, scheduler: Any | None, keys: list[str]) -> None:
+        self.searcher, self.scheduler, self.keys = searcher, scheduler, keys
         self._controller = SimpleNamespace(search_alg=searcher)  # what RecordingASHAScheduler follows
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """A configuration, ``None`` (nothing now: e.g. a concurrency limit) or ``"FINISHED"``."""
         config = self.searcher.suggest(trial_id)
-        if config is None:
-            return None
+        if config is None or config == FINISHED:
+            return config
         if self.scheduler is not None:
             self.scheduler.on_trial_add(self._controller, SimpleNamespace(trial_id=trial_id))
-        return {k: config[k] for k in KEYS}
+        return {k: config[k] for k in self.keys}
 
     def result(self, trial_id: str, result: dict[str, Any], last: bool) -> str:
         decision = CONTINUE
@@ -127,100 +188,20 @@ class Strategy:
         return CONTINUE
 
 
-class _ListSearcher:
-    """Suggests a fixed list of points once each (the seeds' hand-picked configs)."""
+class ListSearcher:
+    """Suggests a fixed list of configurations once each (the seed recipes; a live run's order)."""
 
     def __init__(self, points: list[dict[str, Any]]) -> None:
         self._left = [dict(p) for p in points]
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        return self._left.pop(0) if self._left else None
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        return self._left.pop(0) if self._left else FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
-
-
-class _RandomGridSearcher(_ListSearcher):
-    """Uniform random grid points: what ``tune.choice`` + ``BasicVariantGenerator`` sample."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__([])
-        self._rng = random.Random(seed)
-
-    def suggest(self, trial_id: str) -> dict[str, Any]:
-        return {k: self._rng.choice(GRID[k]) for k in KEYS}
-
-
-def _space() -> dict[str, Any]:
-    """The grid as Tune distributions, keys in the order ``study.run`` builds its space (the trial
-    config's own key order): TPE draws its random start-up points key by key, so the same seed
-    gives the same points only if the keys come in the same order."""
-    from ray import tune
-
-    from trainables.config import TrialConfig
-
-    order = [k for k in TrialConfig().to_flat() if k in GRID]
-    return {k: tune.choice(list(GRID[k])) for k in order}
-
-
-def _asha(kind: str, grace: int, rf: float, max_t: int):
-    from ray.tune.schedulers import ASHAScheduler
-
-    from study.searcher import make_scheduler
-
-    if kind == "stock":
-        return ASHAScheduler(time_attr="samples_seen", metric="accuracy", mode="max", grace_period=grace,
-                             reduction_factor=rf, max_t=max_t)
-    return make_scheduler(grace_period=grace, reduction_factor=rf, max_t=max_t)
-
-
-def _ours(seed: int, asha: dict[str, Any], seeded: bool = True) -> Strategy:
-    from study.searcher import make_searcher
-
-    searcher = make_searcher(_space(), seed=seed, points_to_evaluate=SEED_POINTS if seeded else None, pruned_feedback=True)
-    return Strategy(searcher, _asha("ours", **asha))
-
-
-def _stock(seed: int, asha: dict[str, Any]) -> Strategy:
-    """What ``study.run`` does with ``optuna.pruned_feedback=false, study.seed_points=false``: the
-    stock ``OptunaSearch`` class (pruned trials told COMPLETE) with the study's TPE sampler."""
-    from study.searcher import make_searcher
-
-    return Strategy(make_searcher(_space(), seed=seed, pruned_feedback=False), _asha("stock", **asha))
-
-
-def _stock_defaults(seed: int, asha: dict[str, Any]) -> Strategy:
-    """A bare Ray Tune script: ``OptunaSearch(seed=…)`` with Optuna's default (univariate) TPE."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    space = OptunaSearch.convert_search_space(_space())
-    return Strategy(OptunaSearch(space, metric="accuracy", mode="max", seed=seed), _asha("stock", **asha))
-
-
-#: name → (description, factory(seed, asha_kwargs)). The first four are the issue's comparison;
-#: ``ours_unseeded`` separates what the seed points buy from what pruned feedback buys;
-#: ``stock_defaults`` is a plain Ray Tune script's searcher.
-STRATEGIES: dict[str, tuple[str, Callable[[int, dict[str, Any]], Strategy]]] = {
-    "ours": ("TPE (multivariate, pruned-trial feedback) + ASHA, seed configs first", _ours),
-    "stock_optuna_asha": ("stock Ray OptunaSearch (ASHA-stopped trials told COMPLETE; the study's TPE sampler) + "
-                          "ASHAScheduler, no seed configs", _stock),
-    "random_fifo": ("random grid points, every trial trained to the end (FIFO)",
-                    lambda seed, asha: Strategy(_RandomGridSearcher(seed), None)),
-    "seed_configs": ("the seeds' two hand-picked configs, trained to the end",
-                     lambda seed, asha: Strategy(_ListSearcher(SEED_POINTS), None)),
-    "ours_unseeded": ("ours without the seed configs (ablation)", lambda seed, asha: _ours(seed, asha, seeded=False)),
-    "stock_defaults": ("bare OptunaSearch(seed) with Optuna's default univariate TPE + ASHAScheduler (ablation)",
-                       _stock_defaults),
-}
-
-
-def make_strategy(name: str, seed: int, asha: dict[str, Any]) -> Strategy:
-    if name not in STRATEGIES:
-        raise KeyError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
-    return STRATEGIES[name][1](seed, asha)
 
 
 # --------------------------------------------------------------------------- simulation
@@ -230,11 +211,11 @@ def make_strategy(name: str, seed: int, asha: dict[str, Any]) -> Strategy:
 class SimRun:
     """What one simulated study did: every evaluation in time order and per-trial outcomes."""
 
-    events: list[dict[str, Any]] = field(default_factory=list)  # t, trial, point, samples_seen, accuracy
-    trials: list[dict[str, Any]] = field(default_factory=list)  # trial, point, start, end, state
+    events: list[dict[str, Any]] = field(default_factory=list)  # t, trial, config, samples_seen, accuracy, dev_accuracy
+    trials: list[dict[str, Any]] = field(default_factory=list)  # trial, config, params, start, end, state
 
     def best_curve(self) -> list[tuple[float, float]]:
-        """(time, best accuracy so far) at every improvement."""
+        """(time, best validation accuracy so far) at every improvement."""
         out, best = [], -1.0
         for e in self.events:
             if e["accuracy"] > best:
@@ -246,62 +227,68 @@ class SimRun:
         vals = [a for (s, a) in self.best_curve() if s <= t]
         return vals[-1] if vals else None
 
+    def pick_at(self, t: float) -> dict[str, Any] | None:
+        """The evaluation a study would pick at time ``t``: the best validation accuracy so far
+        (the first to reach it), i.e. the best trial's best checkpoint."""
+        seen = [e for e in self.events if e["t"] <= t]
+        return max(seen, key=lambda e: (e["accuracy"], -e["t"])) if seen else None
+
     def time_to(self, target: float) -> float | None:
         return next((t for t, a in self.best_curve() if a >= target - 1e-12), None)
 
 
 def simulate(strategy: Strategy, table: CurveTable, budget_s: float, workers: int = 1, startup_s: float = 0.0,
-             eval_overhead_s: float = 0.0) -> SimRun:
-    """Run ``strategy`` against ``table`` for ``budget_s`` simulated seconds on ``workers`` slots;
-    each trial costs ``startup_s`` before its recorded curve and ``eval_overhead_s`` per report."""
+             eval_overhead_s: float = 0.0, lookup: Callable[[dict[str, Any]], Curve] | None = None) -> SimRun:
+    """Run ``strategy`` against ``table`` for ``budget_s`` simulated seconds on ``workers`` slots."""
+    lookup = lookup or table.snap
     run = SimRun()
     heap: list[tuple[float, int, str, int]] = []
-    trials: dict[str, tuple[Curve, dict[str, Any]]] = {}  # trial id → (curve, its record in run.trials)
+    trials: dict[str, tuple[Curve, dict[str, Any], dict[str, Any], float]] = {}
     counter = itertools.count()
     exhausted = False
+    running: set[str] = set()
 
-    def start(now: float) -> None:
+    def fill(now: float) -> None:
+        """Start trials on every free slot, as Tune asks the searcher whenever resources free up."""
+        while len(running) < workers and start(now):
+            pass
+
+    def start(now: float) -> bool:
         nonlocal exhausted
         if exhausted or now >= budget_s:
-            return
+            return False
         tid = f"sim{len(run.trials):05d}"
         point = strategy.suggest(tid)
-        if point is None:
-            exhausted = True
-            return
-        curve = table.get(point)
-        rec = {"trial": tid, "point": point_id(curve.point), "start": now, "end": None, "state": "running"}
+        if point is None or point == FINISHED:
+            exhausted = point == FINISHED
+            return False
+        running.add(tid)
+        curve = lookup(point)
+        rec = {"trial": tid, "config": curve.config, "params": point, "start": now, "end": None, "state": "running"}
         run.trials.append(rec)
-        trials[tid] = (curve, rec)
-        heapq.heappush(heap, (now + startup_s + curve.elapsed_s[0] + eval_overhead_s, next(counter), tid, 0))
+        t0 = now + startup_s
+        trials[tid] = (curve, rec, point, t0)
+        heapq.heappush(heap, (t0 + curve.cost_s[0] + eval_overhead_s, next(counter), tid, 0))
+        return True
 
-    for _ in range(workers):
-        start(0.0)
+    fill(0.0)
     while heap:
         t, _, tid, k = heapq.heappop(heap)
         if t > budget_s:
             break
-        curve, rec = trials[tid]
+        curve, rec, point, t0 = trials[tid]
         result = {"accuracy": curve.accuracy[k], "samples_seen": curve.samples_seen[k], "training_iteration": k + 1,
-                  "samples_total": curve.samples_total, **{f"config/{key}": v for key, v in curve.point.items()}}
-        run.events.append({"t": t, "trial": tid, "point": rec["point"], "samples_seen": curve.samples_seen[k],
-                           "accuracy": curve.accuracy[k]})
+                  "samples_total": curve.samples_total, **{f"config/{key}": v for key, v in point.items()}}
+        run.events.append({"t": t, "trial": tid, "config": curve.config, "samples_seen": curve.samples_seen[k],
+                           "accuracy": curve.accuracy[k], "dev_accuracy": curve.dev_accuracy[k]})
         last = k == len(curve.accuracy) - 1
         if strategy.result(tid, result, last) == STOP:
             rec.update(end=t, state="completed" if last else "pruned")
-            start(t)
+            running.discard(tid)
+            fill(t)
         else:
-            step = curve.elapsed_s[k + 1] - curve.elapsed_s[k] + eval_overhead_s
-            heapq.heappush(heap, (t + step, next(counter), tid, k + 1))
+            heapq.heappush(heap, (t0 + curve.cost_s[k + 1] + (k + 2) * eval_overhead_s, next(counter), tid, k + 1))
     for rec in run.trials:
         if rec["end"] is None:
             rec["state"] = "unfinished"
     return run
-
-
-def replay_trace(strategy_name: str, table: CurveTable, points: list[dict[str, Any]], budget_s: float,
-                 workers: int, startup_s: float, asha: dict[str, Any], eval_overhead_s: float = 0.0) -> SimRun:
-    """Simulate a live run's own sequence of configurations (``points``, in start order) under the
-    strategy's scheduler: isolates the simulator (clock, curves, stopping) from the searcher."""
-    scheduler = make_strategy(strategy_name, 0, asha).scheduler
-    return simulate(Strategy(_ListSearcher(points), scheduler), table, budget_s, workers, startup_s, eval_overhead_s)

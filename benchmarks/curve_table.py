@@ -155,28 +155,35 @@ def shard_path(out: str | Path, shard: tuple[int, int]) -> Path:
 
 
 def record_table(out: str | Path, data_path: str | Path, n: int = 200, seed: int = 0, threads: int = 1,
-                 limit: int | None = None, shard: tuple[int, int] = (0, 1), log: Callable[[str], None] = print) -> Path:
+                 limit: int | None = None, shard: tuple[int, int] = (0, 1), space: str | Path = SPACE_CONFIG,
+                 reverse: bool = False, log: Callable[[str], None] = print) -> Path:
     """Record the table into ``out`` (parquet), continuing a partial one; returns the path.
 
     ``shard=(i, k)`` records every k-th configuration starting at i into its own file
     (``out``'s stem + ``.shardIofK``), so that k processes, one per core, can record one table;
     ``load_table(out)`` reads ``out`` and its shards together, ``merge_shards`` folds them into ``out``.
+    Before each configuration the table on disk is read again and recorded configurations are
+    skipped, so a second process on the same shard with ``reverse=True`` works from the other end.
     Provenance goes to ``out`` with a ``.json`` suffix (per shard: ``.shardIofK.json``) and is
     rewritten after every configuration."""
     import pandas as pd
 
-    cfg = space_config()
+    cfg = space_config(space)
     out = Path(out)
     target = out if shard == (0, 1) else shard_path(out, shard)
     meta_path = target.with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    have = set(load_table(out)["config"]) if out.exists() or list(_shards(out)) else set()
-    frame = pd.read_parquet(target) if target.exists() else None
+    have = _recorded(out)
     todo = [c for c in table_configs(cfg, n, seed)[shard[0]::shard[1]] if c[0] not in have][:limit]
+    if reverse:
+        todo.reverse()
+        target = target.with_name(f"{target.stem}.reverse{target.suffix}")
+        meta_path = target.with_suffix(".json")
+    frame = pd.read_parquet(target) if target.exists() else None
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update({
         "what": "learning curves of configurations drawn from the study's search space (one row per evaluation)",
-        "space_config": str(SPACE_CONFIG.relative_to(ROOT)),
+        "space_config": str(Path(space).resolve().relative_to(ROOT)) if Path(space).resolve().is_relative_to(ROOT) else str(space),
         "search": {k: v.model_dump(exclude_none=True) for k, v in cfg.search.items()},
         "fixed": {k: v for k, v in cfg.base_trial().to_flat().items() if k not in cfg.search and k != "data.path"},
         "random_configs": n,
@@ -195,6 +202,8 @@ def record_table(out: str | Path, data_path: str | Path, n: int = 200, seed: int
     log(f"recording {len(todo)} configurations into {target} ({len(have)} already in the table)")
     started = time.perf_counter()
     for i, (cid, kind, point) in enumerate(todo, 1):
+        if cid in _recorded(out):  # another process got there first
+            continue
         t = time.perf_counter()
         rows = [{"config": cid, "kind": kind, **point, **r} for r in record_config(cfg, point, data_path, threads)]
         new = pd.DataFrame(rows)
@@ -216,6 +225,11 @@ def record_table(out: str | Path, data_path: str | Path, n: int = 200, seed: int
 
 def _shards(out: Path):
     return sorted(out.parent.glob(f"{out.stem}.shard*of*{out.suffix}"))
+
+
+def _recorded(out: Path) -> set[str]:
+    """Configurations already in the table or any of its shards."""
+    return set(load_table(out)["config"]) if out.exists() or _shards(out) else set()
 
 
 def merge_shards(out: str | Path) -> Path:

@@ -20,9 +20,9 @@ Modes:
   over cores with ``--shard I/K``).
 * ``replay`` (default): simulate each strategy against the table for ``--seeds`` search seeds
   (``benchmarks/replay.py``: the real searcher/scheduler objects, simulated time).
-* ``live``: run strategies as real ``python -m study.run`` studies on the same space.
-* ``validate``: compare live studies with the replay (time to target inside the replay's
-  interquartile range?).
+* ``live``: run strategies as real ``python -m study.run`` studies on the same space (one CPU per
+  trial, ``--workers`` at once, ``--budget-s`` of wall clock), then replay the same strategies at
+  the same settings: is each live time to target inside the replay's interquartile range?
 
 Target: the table's best validation accuracy minus ``--target-gap`` (0.005: within half a point).
 
@@ -123,8 +123,10 @@ def make_strategy(name: str, cfg: Any, seed: int, n_train: int, workers: int = 4
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.search_efficiency", description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", nargs="?", default="replay", choices=("replay", "live", "record", "validate"))
+    ap.add_argument("mode", nargs="?", default="replay", choices=("replay", "live", "record"))
     ap.add_argument("--table", default=str(DEFAULT_TABLE), help="recorded curve table (parquet)")
+    ap.add_argument("--space", default=None, help="study YAML whose space and fixed keys the table records "
+                                                  "(default study/configs/sst2-8k.yaml)")
     ap.add_argument("--data", default=None, help="SST-2 directory (default $LORA_STUDY_DATA or ../shared/data/sst2)")
     ap.add_argument("--seeds", type=int, default=None, help="search seeds per strategy (default: 50 replay, 1 live)")
     ap.add_argument("--budget-s", type=float, default=3600.0, help="simulated/wall budget per study (default 3600 s)")
@@ -138,15 +140,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=200, help="record: random configurations (default 200)")
     ap.add_argument("--shard", default="0/1", help="record: I/K records every K-th configuration from the I-th")
     ap.add_argument("--limit", type=int, default=None, help="record: at most this many new configurations")
-    ap.add_argument("--storage", default=None, help="live/validate: where the live studies are kept")
-    ap.add_argument("--studies", default=None, help="validate: strategy=STUDY,… live studies to compare")
+    ap.add_argument("--reverse", action="store_true", help="record: take the shard's configurations from its end "
+                                                           "(a second process on the same shard)")
+    ap.add_argument("--storage", default=None, help="live: where the live studies are kept")
     args = ap.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         ap.error("--seeds must be ≥ 1")
     if args.budget_s <= 0 or args.workers < 1:
         ap.error("--budget-s must be > 0 and --workers ≥ 1")
-    if args.mode == "validate" and not args.studies:
-        ap.error("validate needs --studies strategy=STUDY[,…]")
     return args
 
 
@@ -158,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks.curve_table import record_table
 
             i, k = (int(x) for x in args.shard.split("/"))
-            record_table(args.table, sst2_dir(args.data), n=args.n, shard=(i, k), limit=args.limit)
+            record_table(args.table, sst2_dir(args.data), n=args.n, shard=(i, k), limit=args.limit, space=_space_path(args),
+                         reverse=args.reverse)
             return 0
-        result = {"replay": run_replay, "live": run_live, "validate": run_validate}[args.mode](args)
+        result = (run_replay if args.mode == "replay" else run_live)(args)
     except BenchmarkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, result)
         print(f"wrote {args.json}")
     plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
-    if plot and result["mode"] != "validate":
+    if plot:
         plot_curves(result, plot)
         print(f"wrote {plot}")
     return 0
@@ -193,10 +195,10 @@ def _quiet() -> None:
 
 def load(args: argparse.Namespace) -> tuple[Any, Any]:
     """(space config, fitted ``CurveTable``)."""
-    from benchmarks.curve_table import load_table, space_config
+    from benchmarks.curve_table import load_table
     from benchmarks.replay import CurveTable
 
-    cfg = space_config()
+    cfg = _space_cfg(args)
     table = CurveTable(load_table(args.table), cfg.search)
     if len(table.random_curves()) < 10:
         raise BenchmarkError(f"{args.table}: only {len(table.random_curves())} configurations recorded; record more first")
@@ -310,7 +312,7 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.replay import simulate
 
     cfg, table = load(args)
-    n_train = 67349 - int(cfg.base_trial().data.holdout_size or 0)
+    n_train = max(c.samples_total for c in table.curves)  # ASHA's max_t: the most any recorded trial saw
     names = strategy_names(args.strategies, (*MAIN, "seed_configs"))
     seeds = args.seeds or 50
     target = round(table.best_accuracy() - args.target_gap, 6)
@@ -361,12 +363,121 @@ def _result(mode: str, per: dict[str, dict[str, Any]], target: float, seeds: int
 # --------------------------------------------------------------------------- live and validate
 
 
+def live_config(name: str, seed: int, args: argparse.Namespace, data: Path) -> list[str]:
+    """``study.run`` arguments of one strategy on the benchmark space: the space YAML with the
+    strategy's differences, a wall-clock budget, ``--workers`` one-CPU trials at once."""
+    if name not in STRATEGIES:
+        raise BenchmarkError(f"live mode runs {', '.join(STRATEGIES)}; {name} is replay-only")
+
+    cfg = STRATEGIES[name][1](_space_cfg(args))
+    sets = {f"study.{k}": v for k, v in cfg.study.model_dump().items() if k in ("searcher", "seed_points")}
+    sets.update({"asha.enabled": cfg.asha.enabled, "study.seed": seed, "study.time_budget_s": args.budget_s,
+                 "study.num_samples": 10_000, "study.max_concurrent": args.workers, "resources.cpus_per_trial": 1,
+                 "data.path": str(data)})
+    return ["--config", str(_space_path(args)), *(x for k, v in sets.items() for x in ("--set", f"{k}={json.dumps(v)}"))]
+
+
+def _space_path(args: argparse.Namespace) -> Path:
+    from benchmarks.curve_table import SPACE_CONFIG
+
+    return Path(args.space) if getattr(args, "space", None) else SPACE_CONFIG
+
+
+def _space_cfg(args: argparse.Namespace) -> Any:
+    from benchmarks.curve_table import space_config
+    from trainables.config import ConfigError
+
+    try:
+        return space_config(_space_path(args))
+    except ConfigError as e:
+        raise BenchmarkError(str(e)) from None
+
+
+def live_trace(name: str, storage: str | None, keys: list[str]) -> Any:
+    """A finished live study as a ``SimRun``: its evaluations on the study's clock (seconds since
+    ``tuner.fit`` started, from each report's ``time_unix``) and its trials, from stored results."""
+    from ray.tune import ExperimentAnalysis
+
+    from benchmarks.replay import SimRun
+    from study.report import trial_state
+    from study.store import read_study
+
+    paths, record = read_study(name, storage)
+    t0 = record.get("fit_started_unix")
+    if t0 is None:
+        raise BenchmarkError(f"study {name} has no fit_started_unix in study.json (run by an older study.run)")
+    run = SimRun()
+    for trial in ExperimentAnalysis(paths.experiment).trials:
+        rows = _rows(paths.experiment, trial)
+        if not rows:
+            continue
+        run.trials.append({"trial": trial.trial_id, "config": trial.trial_id, "params": {k: trial.config.get(k) for k in keys},
+                           "start": rows[0]["time_unix"] - t0 - rows[0]["eval_s"] - rows[0]["train_s"] - rows[0]["setup_s"],
+                           "end": rows[-1]["time_unix"] - t0, "state": trial_state(trial.status, trial.last_result or {})})
+        run.events += [{"t": r["time_unix"] - t0, "trial": trial.trial_id, "config": trial.trial_id, "samples_seen": int(r["samples_seen"]),
+                        "accuracy": float(r["accuracy"]), "dev_accuracy": float(r.get("dev_accuracy", float("nan")))} for r in rows]
+    run.events.sort(key=lambda e: e["t"])
+    run.trials.sort(key=lambda t: t["start"])
+    return run
+
+
+def _rows(experiment: str, trial: Any) -> list[dict[str, Any]]:
+    """A trial's reported results in time order, read from its ``result.json``."""
+    path = Path(experiment) / Path(trial.path).name / "result.json" if getattr(trial, "path", None) else None
+    if path is None or not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return sorted((r for r in rows if "time_unix" in r), key=lambda r: r["time_unix"])
+
+
 def run_live(args: argparse.Namespace) -> dict[str, Any]:
-    raise BenchmarkError("live mode: not rebuilt yet for the new space")
+    """Each strategy as a real study (``--seeds`` of them), then the replay of the same strategies
+    at the same workers and budget: does each live time to target fall inside the replay's
+    interquartile range?"""
+    names = strategy_names(args.strategies, MAIN)
+    seeds = args.seeds or 1
+    data = sst2_dir(args.data)
+    storage = Path(args.storage or tempfile.mkdtemp(prefix="lora-study-bench-")).resolve()
+    cfg, table = load(args)
+    target = round(table.best_accuracy() - args.target_gap, 6)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    per: dict[str, dict[str, Any]] = {}
+    for name in names:
+        runs = []
+        for seed in range(seeds):
+            study = f"se-{name.replace('_', '-')}-s{seed}-{stamp}"
+            _run_study(live_config(name, seed, args, data), study, storage)
+            run = live_trace(study, str(storage), list(cfg.search))
+            runs.append({"seed": seed, "study": study, **run_record(run, args.budget_s, target)})
+            print(f"{name} seed {seed}: best {runs[-1]['best_accuracy']}, time to target {runs[-1]['time_to_target_s']}", flush=True)
+        per[name] = summarize_runs(runs)
+    replay = run_replay(argparse.Namespace(**{**vars(args), "strategies": ",".join(names), "seeds": 50}))
+    agreement = {}
+    for name in names:
+        lo, hi = replay["details"]["strategies"][name]["time_to_target_iqr_s"]
+        live = per[name]["time_to_target_s"]
+        inside = (live is None and hi is None) or (live is not None and (lo is None or live >= lo) and (hi is None or live <= hi))
+        agreement[name] = {"live_time_to_target_s": live, "replay_median_s": replay[name]["time_to_target_s"],
+                           "replay_iqr_s": [lo, hi], "inside_iqr": inside}
+    return _result("live", per, target, seeds, args, {"storage": str(storage), "agreement": agreement,
+                                                      "replay": {k: v for k, v in replay.items() if k != "details"}})
 
 
-def run_validate(args: argparse.Namespace) -> dict[str, Any]:
-    raise BenchmarkError("validate mode: not rebuilt yet for the new space")
+def _run_study(study_args: list[str], name: str, storage: Path) -> None:
+    storage.mkdir(parents=True, exist_ok=True)
+    log = storage / f"{name}.log"
+    print(f"live: {name} (log {log})", flush=True)
+    env = {**os.environ, "LORA_STUDY_HOME": str(storage)}
+    with open(log, "w") as fh:
+        rc = subprocess.run([sys.executable, "-m", "study.run", *study_args, "--name", name, "--storage", str(storage)],
+                            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise BenchmarkError(f"study {name} exited with {rc}; see {log}")
 
 
 # --------------------------------------------------------------------------- output

@@ -96,7 +96,7 @@ def _summary_section(data: StudyData, max_t: int | None, rungs: list[int]) -> H.
             fixed.append((key, flat[key] if flat[key] is not None else ("all" if key == "data.size" else None)))
     fixed += [("metric (mode)", f"{cfg.study.metric} ({cfg.study.mode})"),
               ("trials planned / at once", f"{cfg.study.num_samples} / {cfg.study.max_concurrent}"),
-              ("search", ("Optuna TPE" + (" + pruned feedback" if cfg.optuna.pruned_feedback else "")) if cfg.optuna.enabled else "random"),
+              ("search", cfg.study.searcher),
               ("ASHA", f"grace_period {cfg.asha.grace_period:,}, reduction_factor {cfg.asha.reduction_factor:g}, max_t {max_t:,}"
                        + f" → rungs {', '.join(f'{r:,}' for r in rungs)}" if cfg.asha.enabled and max_t else "off (FIFO)"),
               ("resources per trial", f"{cfg.resources.cpus_per_trial:g} CPU, {cfg.resources.gpus_per_trial:g} GPU"),

@@ -161,7 +161,8 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     from trainables.lora import train
 
     from . import searcher as S
-    from .space import max_samples, param_space, seed_points
+    from .space import param_space
+    from .strategy import build_strategy
     from .tracking import MLflowTracker
 
     cfg = prep.cfg
@@ -172,27 +173,11 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
         return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
                                   storage_filesystem=storage_fs), None
     threads = {"train.threads": max(1, int(res.cpus_per_trial))}
-    points = seed_points(cfg) if cfg.study.seed_points else []
+    strategy = build_strategy(cfg, prep.n_train)
+    search_alg, scheduler, callbacks = strategy.searcher, strategy.scheduler, list(strategy.callbacks)
+    fixed = {k: v for k, v in param_space(cfg, threads).items() if k not in cfg.search}
     metric, mode = cfg.study.metric, cfg.study.mode
-    scheduler = None
-    callbacks: list[Any] = []
-    if cfg.asha.enabled:
-        max_t = cfg.asha.max_t or max_samples(cfg, prep.n_train)
-        scheduler = S.make_scheduler(metric=metric, mode=mode, grace_period=min(cfg.asha.grace_period, max_t),
-                                     reduction_factor=cfg.asha.reduction_factor, max_t=max_t)
-        callbacks.append(S.SchedulerStateCallback(scheduler))
-    if cfg.optuna.enabled and cfg.search:
-        space = {k: v for k, v in param_space(cfg).items() if k in cfg.search}
-        fixed = {k: v for k, v in param_space(cfg, threads).items() if k not in cfg.search}
-        search_alg = S.make_searcher(space, metric, mode, seed=cfg.study.seed, points_to_evaluate=points or None,
-                                     max_concurrent=cfg.study.max_concurrent, pruned_feedback=cfg.optuna.pruned_feedback)
-    else:
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        fixed = param_space(cfg, threads)
-        search_alg = BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.study.seed,
-                                           max_concurrent=cfg.study.max_concurrent)
-    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler))
+    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler if hasattr(scheduler, "was_pruned") else None))
     callbacks.append(S.RepairCheckpointRecords())
     tune_config = tune.TuneConfig(
         search_alg=search_alg, scheduler=scheduler, num_samples=cfg.study.num_samples,

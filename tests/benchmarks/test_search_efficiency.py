@@ -172,3 +172,59 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_space_config_is_the_shipped_yaml():
     assert SPACE_CONFIG.is_file() and SPACE_CONFIG.parent == ROOT / "study" / "configs"
+
+
+def tiny_space(path, model, data):
+    """The benchmark space's shape on the tiny BERT: two sizes, geometric evaluations, a holdout."""
+    import yaml
+
+    cfg = yaml.safe_load(SPACE_CONFIG.read_text())
+    cfg["model"] = {"name": str(model)}
+    cfg["data"].update(path=str(data), holdout_size=100, max_length=32)
+    cfg["train"]["eval_at_samples"] = [100, 200, 400]
+    cfg["train"]["eval_batch_size"] = 64
+    cfg["search"]["data.size"] = {"choice": [200, 400]}
+    cfg["search"]["lora.r"] = {"choice": [2, 4]}
+    cfg["asha"]["grace_period"] = 100
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_record_replay_live_end_to_end_on_a_tiny_model(tiny_bert, sst2_small, tmp_path):
+    """Record a 6-configuration table on the tiny BERT, replay it, then run two strategies live and
+    compare: every live evaluation of a recorded configuration equals the table (same trainable,
+    same seed), and the JSON carries the agreement with the replay."""
+    space = tiny_space(tmp_path / "space.yaml", tiny_bert, sst2_small)
+    table = tmp_path / "curves.parquet"
+    base = [sys.executable, "-m", "benchmarks.search_efficiency", "--space", str(space), "--table", str(table),
+            "--data", str(sst2_small)]
+    rec = subprocess.run([*base, "record", "--n", "6"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert rec.returncode == 0, rec.stderr[-3000:]
+    frame = load_table(table)
+    assert frame["config"].nunique() == 6 + 4 and set(frame["samples_seen"]) <= {112, 208, 400, 200}
+    assert {"dev_accuracy", "cpu_s", "setup_cpu_s"} <= set(frame.columns)
+    out = tmp_path / "live.json"
+    live = subprocess.run([*base, "live", "--strategies", "random_fifo,ours", "--budget-s", "40", "--workers", "1",
+                           "--startup-s", "1", "--storage", str(tmp_path / "st"), "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert live.returncode == 0, live.stdout[-3000:] + live.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["mode"] == "live" and set(res["details"]["agreement"]) == {"random_fifo", "ours"}
+    for name in ("random_fifo", "ours"):
+        runs = res["details"]["strategies"][name]["per_seed"]
+        assert runs[0]["trials"] >= 1 and runs[0]["best_accuracy"] is not None
+        assert isinstance(res["details"]["agreement"][name]["inside_iqr"], bool)
+    # ours starts with the seed recipes, which the table recorded: same trainable, same numbers
+    cfg = space_config(space)
+    run = se.live_trace(res["details"]["strategies"]["ours"]["per_seed"][0]["study"], str(tmp_path / "st"), list(cfg.search))
+    recorded = {tuple(sorted(p.items())): cid for cid, _, p in table_configs(cfg, 6, 0)}
+    compared = 0
+    for trial in run.trials:
+        cid = recorded.get(tuple(sorted(trial["params"].items())))
+        if cid is None:
+            continue
+        rows = frame[frame["config"] == cid].set_index("samples_seen")["accuracy"]
+        for e in (e for e in run.events if e["trial"] == trial["trial"]):
+            assert e["accuracy"] == pytest.approx(rows[e["samples_seen"]], abs=1e-9)
+            compared += 1
+    assert compared >= 1

@@ -193,8 +193,9 @@ def _schedule(lengths: np.ndarray, cfg: TrialConfig, state: TrainState, steps: i
 
 def _one_ahead(items: Iterator[Any], load: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
     """``(item, load(item))`` pairs, with the next item loaded before the current one is handed
-    out: on CUDA batch k+1 is collated and its copy queued while step k's kernels are still being
-    launched, so the copy never waits behind them. A stopped loop wastes one collate."""
+    out: batch k+1 is collated (into pinned memory) and its copy queued before step k is launched,
+    so on CUDA it is on the device when step k+1 starts, with nothing to wait for. On CPU it is
+    the same work in another order. A loop stopped at an evaluation point wastes one collate."""
     it = iter(items)
     current = next(it, None)
     if current is None:

@@ -402,9 +402,15 @@ def _worker_environment(spec: dict[str, Any]) -> dict[str, Any]:
 
     info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
                             "cuda_available": torch.cuda.is_available(), "cpus": len(os.sched_getaffinity(0))}
+    dists = {"sklearn": "scikit-learn"}
     for name in ("transformers", "peft", "ray", "pydantic", "datasets", "optuna", "mlflow", "safetensors", "sklearn"):
-        spec_ = importlib.util.find_spec(name)
-        info[name] = (getattr(__import__(name), "__version__", "?") if spec_ else None)
+        found = importlib.util.find_spec(name)  # where it would be imported from; no import (ray, mlflow: seconds)
+        try:
+            info[name] = metadata.version(dists.get(name, name)) if found else None
+        except metadata.PackageNotFoundError:
+            info[name] = "?"
+        if found and name in ("ray", "pydantic"):
+            info[f"{name}_from"] = str(Path(found.origin).parent)
     if info["cuda_available"]:
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sm_count=p.multi_processor_count,

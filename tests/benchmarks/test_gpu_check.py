@@ -103,7 +103,8 @@ def test_no_cuda_is_one_line_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     out = tmp_path / "x.json"
-    proc = _run(["--only", "environment", "--carry", str(tmp_path / "none"), "--work", str(tmp_path / "w"), "--out", str(out)])
+    proc = _run(["--quick", "--only", "environment", "--carry", str(tmp_path / "none"), "--work", str(tmp_path / "w"),
+                 "--out", str(out)])
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: --device cuda but torch") and "Traceback" not in proc.stderr
     assert json.loads(out.read_text())["sections"]["environment"]["status"] == "failed"

@@ -280,9 +280,11 @@ class Env:
         if not (out / "config.json").is_file():
             import torch
             from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+            from transformers.utils import logging as hf_logging
 
             from trainables.model import resolve_model_name
 
+            hf_logging.disable_progress_bar()
             tok = AutoTokenizer.from_pretrained(resolve_model_name(self.model))
             torch.manual_seed(0)
             cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -106,7 +106,7 @@ def test_no_cuda_is_one_line_error(tmp_path):
     proc = _run(["--quick", "--only", "environment", "--carry", str(tmp_path / "none"), "--work", str(tmp_path / "w"),
                  "--out", str(out)])
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: --device cuda but torch") and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --device cuda but torch") and "Traceback" not in proc.stderr
     assert json.loads(out.read_text())["sections"]["environment"]["status"] == "failed"
 
 

@@ -53,6 +53,7 @@ def test_quick_cpu_check_runs_every_section(sst2, tmp_path):
     assert "gpu_check (cpu, quick" in proc.stdout
 
 
+@pytest.mark.slow  # xz of the 45 MB fp16 MiniLM
 def test_carried_fp16_minilm_is_restored_to_fp32(sst2, tmp_path):
     import torch
     from safetensors.torch import load_file

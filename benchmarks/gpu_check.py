@@ -632,7 +632,12 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"check": "lora-study gpu_check", "date": now_iso(), "command": " ".join(sys.argv),
                               "device": args.device, "quick": args.quick, "budget_s": args.budget_s, "sections": {}}
     write_json(args.out, report)
-    env = Env(args.carry, args.quick, args.device, args.work)
+    try:
+        env = Env(args.carry, args.quick, args.device, args.work)
+    except Exception as e:  # a torn carry folder, a missing package: say so in the JSON too
+        report["setup_error"] = f"{type(e).__name__}: {e}"[:2000]
+        write_json(args.out, report)
+        raise BenchmarkError(f"setting up from {args.carry} failed: {report['setup_error']}") from None
     calls: dict[str, Callable[[float], dict[str, Any]]] = {
         "environment": lambda left: section_environment(env, left),
         "correctness": lambda left: section_correctness(env, left, args.tolerance),

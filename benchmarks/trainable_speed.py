@@ -37,6 +37,13 @@ Usage::
     python benchmarks/trainable_speed.py                       # CPU, all usable cores, 3200 samples
     python benchmarks/trainable_speed.py --json /tmp/speed.json --repeats 3
     python benchmarks/trainable_speed.py --model bert-base-random --device cuda --samples 32000
+    python benchmarks/trainable_speed.py --device cuda --methods ours --set train.compile=true
+
+On CUDA the Trainer's clock is read after a ``torch.cuda.synchronize()`` only where it is used
+(train begin, the end of step ``--warmup-steps``, the last step): a sync after every step would
+slow the Trainer down by more than it costs it on its own. Without the ``datasets`` package (as
+on a bare GPU image) the Trainer reads the same token ids from a list of dicts instead of a
+``datasets.Dataset`` (recorded as ``hf_dataset`` in the JSON).
 
 ``--json FILE`` writes ``{"ours", "hf_trainer", "hf_trainer_grouped"}`` (samples/s, median over
 repeats) and ``"padding_efficiency"`` (real tokens / padded tokens of our batches), plus the
@@ -92,6 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", default="embedded-minilm",
                     help=f"embedded-minilm (default), {RANDOM_BERT} (random-init bert-base from BertConfig(), "
                          f"for GPU runs), or a local model directory")
+    ap.add_argument("--tokenizer", default="embedded-minilm",
+                    help=f"where {RANDOM_BERT} takes its (uncased WordPiece) tokenizer from: embedded-minilm or a model directory")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated subset of {','.join(METHODS)} (default: all three)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: bf16 autocast for ours, bf16=True for the Trainer")
     ap.add_argument("--samples", type=int, default=3200, help="training samples (stratified SST-2 subset, one epoch)")
@@ -115,10 +126,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--warmup-steps must be >= 0")
     if args.threads is not None and args.threads < 1:
         ap.error("--threads must be >= 1")
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        ap.error(f"--methods: unknown {unknown}; choose from {','.join(METHODS)}")
+    args.methods = [m for m in METHODS if m in args.methods]
     return args
 
 
-def make_random_bert(directory: Path) -> str:
+def make_random_bert(directory: Path, tokenizer: str = "embedded-minilm") -> str:
     """bert-base-shaped ``BertForSequenceClassification`` from ``BertConfig()`` with random weights,
     saved with the MiniLM tokenizer (same uncased WordPiece vocab); speed does not depend on weights."""
     import torch
@@ -126,7 +142,7 @@ def make_random_bert(directory: Path) -> str:
 
     from trainables.model import resolve_model_name
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_name("embedded-minilm"))
+    tok = AutoTokenizer.from_pretrained(resolve_model_name(tokenizer))
     torch.manual_seed(0)
     BertForSequenceClassification(BertConfig(vocab_size=len(tok), num_labels=2)).save_pretrained(directory)
     tok.save_pretrained(directory)
@@ -217,7 +233,7 @@ def _step_timer(warmup: int, device: str):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Clock at train begin (or at the end of step ``warmup`` if > 0) and at the end of every step."""
+        """Clock at train begin (or at the end of step ``warmup`` if > 0) and at the end of the last step."""
 
         def __init__(self) -> None:
             self.t_begin = self.t0 = self.t_last = None
@@ -234,11 +250,14 @@ def _step_timer(warmup: int, device: str):
                 self.t0 = self.t_begin
 
         def on_step_end(self, args, state, control, **kwargs):
+            self.steps = state.global_step
+            if state.global_step != warmup and state.global_step != state.max_steps:
+                return  # the clock is read only where it is used: no extra sync per step on CUDA
             _sync(device)
             now = time.perf_counter()
             if state.global_step == warmup:
                 self.t0 = now
-            self.t_last, self.steps = now, state.global_step
+            self.t_last = now
 
     return StepTimer()
 
@@ -282,20 +301,26 @@ def _training_args(args: argparse.Namespace, cfg: Any, out_dir: str, grouped: bo
     return TrainingArguments(**kw)
 
 
+def hf_dataset(data: Any) -> tuple[Any, str]:
+    """The token ids as the Trainer's train dataset: a ``datasets.Dataset`` (the stock recipe),
+    or where ``datasets`` is not installed the same rows as a list of dicts; and which it is.
+    No `length` column: the Trainer's remove_unused_columns drops it before building the
+    sampler, so LengthGroupedSampler computes lengths from input_ids at setup (untimed) either way."""
+    rows = {"input_ids": [x.tolist() for x in data.train.ids], "labels": data.train.labels.tolist()}
+    try:
+        import datasets
+    except ImportError:
+        return [{"input_ids": i, "labels": y} for i, y in zip(rows["input_ids"], rows["labels"])], "list"
+    return datasets.Dataset.from_dict(rows), "datasets"
+
+
 def measure_hf(args: argparse.Namespace, cfg: Any, data: Any, tokenizer: Any, warmup: int, grouped: bool) -> dict[str, Any]:
-    import datasets
     import torch
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
     from trainables.model import build_model
 
-    # Pre-tokenized ids (the same arrays ours trains on). No `length` column: the Trainer's
-    # remove_unused_columns drops it before building the sampler, so LengthGroupedSampler
-    # computes lengths from input_ids at setup (untimed) either way.
-    ds = datasets.Dataset.from_dict({
-        "input_ids": [x.tolist() for x in data.train.ids],
-        "labels": data.train.labels.tolist(),
-    })
+    ds, ds_kind = hf_dataset(data)  # pre-tokenized ids: the same arrays ours trains on
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model.name, cfg.lora, data.label_names, cfg.model.pooling, cfg.model.dropout)
     collator = _RecordingCollator(DataCollatorWithPadding(tokenizer))
@@ -330,6 +355,7 @@ def measure_hf(args: argparse.Namespace, cfg: Any, data: Any, tokenizer: Any, wa
         "threads": timer.threads,
         "sampler": sampler,
         "optim": optim,
+        "hf_dataset": ds_kind,
     }
 
 
@@ -360,6 +386,16 @@ def measure_ours(args: argparse.Namespace, model_name: str, data_path: Path, thr
     }
 
 
+def rounded_padding_efficiency(lengths: Any, batches: list[Any], multiple: int) -> float:
+    """Real tokens / padded tokens of ``batches`` padded as the trainable pads them (widths
+    rounded up to ``multiple``, ``train.pad_multiple``)."""
+    from trainables.data import padded_width
+
+    real = sum(int(lengths[b].sum()) for b in batches)
+    padded = sum(padded_width(int(lengths[b].max()), multiple) * len(b) for b in batches)
+    return real / padded if padded else 1.0
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -370,9 +406,11 @@ def _model_label(name: str) -> str:
 def summary_line(res: dict[str, Any]) -> str:
     c, hw = res["config"], res["hardware"]
     where = hw.get("gpu") if c["device"] == "cuda" else f"{hw['cpu']}, {c['threads']} thread(s)"
-    return (
-        f"Training throughput on {where} ({_model_label(c['model'])} + LoRA r={c['lora']['r']} on "
-        f"{'+'.join(c['lora']['target_modules'])}, batch {c['batch_size']}, {c['samples']} SST-2 samples): "
+    head = (f"Training throughput on {where} ({_model_label(c['model'])} + LoRA r={c['lora']['r']} on "
+            f"{'+'.join(c['lora']['target_modules'])}, batch {c['batch_size']}, {c['samples']} SST-2 samples): ")
+    if set(c["methods"]) != set(METHODS):
+        return head + "; ".join(f"{m} {res[m]:.1f} samples/s" for m in c["methods"]) + "."
+    return head + (
         f"ours {res['ours']:.1f} samples/s = {res['ratio_vs_hf_trainer']:.2f}x the stock HF Trainer "
         f"({res['hf_trainer']:.1f}) and {res['ratio_vs_hf_trainer_grouped']:.2f}x the Trainer with "
         f"group_by_length ({res['hf_trainer_grouped']:.1f}); padding efficiency {res['padding_efficiency']:.2f} "
@@ -381,7 +419,7 @@ def summary_line(res: dict[str, Any]) -> str:
 
 
 def print_table(res: dict[str, Any]) -> None:
-    pad = {"hf_trainer": res["padding_efficiency_random"], "hf_trainer_grouped": res["padding_efficiency_grouped"],
+    pad = {"hf_trainer": res.get("padding_efficiency_random"), "hf_trainer_grouped": res.get("padding_efficiency_grouped"),
            "ours": res["padding_efficiency"]}
     c = res["config"]
     print()
@@ -390,11 +428,12 @@ def print_table(res: dict[str, Any]) -> None:
     span = "the whole epoch" if not c["warmup_steps"] else f"steps {c['warmup_steps'] + 1}..{c['steps']}"
     print(f"timed: {span} (training steps only; no model load, no evaluation), after an untimed warm-up")
     print(f"{'method':<40}{'samples/s':>11}{'ours / x':>10}{'padding eff.':>14}")
-    for m in METHODS:
-        ratio = "" if m == "ours" else f"{res['ours'] / res[m]:.2f}x"
-        print(f"{LABELS[m]:<40}{res[m]:>11.1f}{ratio:>10}{pad[m]:>14.3f}")
+    for m in c["methods"]:
+        ratio = "" if m == "ours" or "ours" not in res else f"{res['ours'] / res[m]:.2f}x"
+        eff = "" if m != "ours" and pad[m] is None else f"{pad[m]:.3f}"
+        print(f"{LABELS[m]:<40}{res[m]:>11.1f}{ratio:>10}{eff:>14}")
     if c["repeats"] > 1:
-        for m in METHODS:
+        for m in c["methods"]:
             runs = ", ".join(f"{r['samples_per_s']:.1f}" for r in res["runs"][m])
             print(f"  {m} runs: {runs}")
     if res.get("load_note"):
@@ -421,13 +460,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
 
-    from trainables.data import make_batches, padding_efficiency, prepare_data
+    from trainables.data import make_batches, prepare_data
+    from trainables.lora import pad_multiple
     from trainables.model import load_tokenizer
 
     loads = [load_average()]
     meta = run_metadata()
     with tempfile.TemporaryDirectory(prefix="bert-base-random-") as tmp:
-        model_name = make_random_bert(Path(tmp)) if args.model == RANDOM_BERT else args.model
+        model_name = make_random_bert(Path(tmp), args.tokenizer) if args.model == RANDOM_BERT else args.model
         cfg = trial_config(args, model_name, data_path, threads, None)
         tokenizer = load_tokenizer(cfg.model.name)
         data = prepare_data(cfg.data, tokenizer)
@@ -438,9 +478,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ours_batches = make_batches(lengths, args.batch_size, cfg.train.seed, 0, cfg.train.bucket_chunk)
         process_warmup(cfg, data, args.device)
 
-        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
         for rep in range(args.repeats):
-            for m in METHODS:
+            for m in args.methods:
                 if m == "ours":
                     r = measure_ours(args, model_name, data_path, threads, warmup)
                 else:
@@ -452,17 +492,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"({r['timed_samples']} samples in {r['timed_seconds']:.1f} s, {r['threads']} threads, "
                       f"load {r['load_after']})", flush=True)
 
-    med = {m: statistics.median(r["samples_per_s"] for r in runs[m]) for m in METHODS}
-    random_eff = statistics.median(r["padding_efficiency"] for r in runs["hf_trainer"])
+    med = {m: statistics.median(r["samples_per_s"] for r in runs[m]) for m in args.methods}
+    multiple = pad_multiple(cfg, torch.device(args.device))
     res: dict[str, Any] = {
-        "ours": med["ours"],
-        "hf_trainer": med["hf_trainer"],
-        "hf_trainer_grouped": med["hf_trainer_grouped"],
-        "padding_efficiency": padding_efficiency(lengths, ours_batches),
-        "padding_efficiency_random": random_eff,
-        "padding_efficiency_grouped": statistics.median(r["padding_efficiency"] for r in runs["hf_trainer_grouped"]),
-        "ratio_vs_hf_trainer": med["ours"] / med["hf_trainer"],
-        "ratio_vs_hf_trainer_grouped": med["ours"] / med["hf_trainer_grouped"],
+        **med,
+        "padding_efficiency": rounded_padding_efficiency(lengths, ours_batches, multiple),
+        **{f"padding_efficiency_{kind}": statistics.median(r["padding_efficiency"] for r in runs[m])
+           for m, kind in (("hf_trainer", "random"), ("hf_trainer_grouped", "grouped")) if m in runs},
+        **{f"ratio_vs_{m}": med["ours"] / med[m] for m in ("hf_trainer", "hf_trainer_grouped") if m in med and "ours" in med},
         "timed": (f"training steps {warmup + 1}..{steps} of one epoch over {n} samples (epoch ordering, batch "
                   f"fetch + collate, forward, backward, clip, optimizer + scheduler step), after an untimed "
                   f"{'process warm-up' if not warmup else f'process warm-up and {warmup} untimed steps per run'}; "
@@ -483,13 +520,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_grad_norm": cfg.train.max_grad_norm,
             "bucket_chunk": cfg.train.bucket_chunk,
             "fast_dropout": cfg.train.fast_dropout,
+            "pad_multiple": multiple,
+            "compile": cfg.train.compile,
+            "methods": args.methods,
             "pooling": cfg.model.pooling,
             "overrides": args.set,
             "lora": {"r": cfg.lora.r, "alpha": cfg.lora.effective_alpha(), "dropout": cfg.lora.dropout,
                      "target_modules": cfg.lora.module_list()},
             "data": str(data_path),
             "mean_tokens": float(np.mean(lengths)),
-            "hf_optim": runs["hf_trainer"][0]["optim"],
+            "hf_optim": next((r[0]["optim"] for m, r in runs.items() if m != "ours"), None),
         },
         "runs": runs,
         **{k: meta[k] for k in ("date", "hardware", "software", "git", "command")},

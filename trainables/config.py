@@ -214,6 +214,26 @@ class TrainConfig(_Section):
     torch's one-draw-per-element masks were 16% of a MiniLM training step on 2 cores. Same inverted
     dropout (p rounded to a multiple of 2⁻¹⁶), but a different random stream than
     ``torch.nn.Dropout``: set ``false`` to reproduce runs made with torch's dropout. No effect on GPU."""
+    pad_multiple: Union[Literal["auto"], int] = "auto"
+    """Round each batch's padded width up to a multiple of this many tokens (training and
+    evaluation). ``auto``: 16 on CUDA, 1 (no rounding) on CPU. Why: a GPU step of a small model
+    is bound by kernel launches, not by the math, so a few padded tokens cost nothing there, while
+    few distinct shapes let ``train.compile`` capture whole steps once per shape and let cuBLAS
+    use its tensor-core tile sizes; on a CPU every padded token is real compute. Padding is
+    masked, so the logits do not change (``tests/trainables/test_lora.py``)."""
+    compile: bool = False
+    """Train through ``torch.compile(mode="reduce-overhead")`` (fused kernels, and on CUDA whole
+    forward and backward passes replayed as CUDA graphs, one per batch shape): meant to remove the
+    per-kernel launch cost that bounds a GPU step of a small model. Off by default: the compile
+    time (paid once per process and shape) and the speed-up are not yet measured on a GPU
+    (``benchmarks/gpu_check.py`` does)."""
+
+    @field_validator("pad_multiple", mode="before")
+    @classmethod
+    def _pad_multiple(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 512):
+            return v
+        raise ValueError("use 'auto' or a token count from 1 to 512, e.g. 8 or 16")
 
     @field_validator("eval_at_samples")
     @classmethod

@@ -35,6 +35,7 @@ __all__ = [
     "tokenize_cached",
     "make_batches",
     "collate",
+    "padded_width",
     "padding_efficiency",
     "prepare_data",
     "read_table",
@@ -345,22 +346,41 @@ def padding_efficiency(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     return real / padded if padded else 1.0
 
 
-def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int) -> dict[str, Any]:
-    """Pad a batch to its own longest text; returns torch tensors."""
+def padded_width(longest: int, multiple: int = 1) -> int:
+    """The width a batch is padded to: its longest text, rounded up to a multiple of ``multiple``.
+
+    Why round at all: on a GPU each new input shape costs a new kernel choice and, for CUDA
+    graphs or ``torch.compile``, a new capture or compile; widths rounded to a multiple of 8 or
+    16 leave only a handful of shapes (and tensor cores prefer such sizes) for a little padding
+    that the GPU computes for free while the step is bound by kernel launches. On a CPU every
+    padded token is real work, so the trainable rounds only on CUDA (``train.pad_multiple``)."""
+    return -(-longest // multiple) * multiple
+
+
+def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, pad_multiple: int = 1,
+            pin_memory: bool = False) -> dict[str, Any]:
+    """Pad a batch to its own longest text (rounded up to ``pad_multiple``); returns torch tensors.
+
+    ``pin_memory`` puts them in page-locked host memory (needs CUDA): only from there can a
+    ``non_blocking`` copy to the GPU run asynchronously — a copy from ordinary (pageable) memory
+    first waits for everything queued on the GPU, a host-device sync per batch."""
     import torch
 
     seqs = [split.ids[i] for i in idx]
-    width = max(len(s) for s in seqs)
+    width = padded_width(max(len(s) for s in seqs), pad_multiple)
     input_ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for row, s in enumerate(seqs):
         input_ids[row, : len(s)] = s
         mask[row, : len(s)] = 1
-    return {
+    batch = {
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(mask),
         "labels": torch.from_numpy(split.labels[idx]),
     }
+    if pin_memory:
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+    return batch
 
 
 # --------------------------------------------------------------------------- one call

@@ -11,6 +11,15 @@ Speed on CPU comes from two choices, both measured in ``benchmarks/trainable_spe
 length-bucketed batches (``data.make_batches``: little padding) and ``FastDropout``
 (``dropout.py``: dropout masks at a fifth of torch's CPU cost, ``train.fast_dropout``).
 
+On a GPU a LoRA step of a small encoder is bound by host work (Python, kernel launches), not by
+the GPU's math, so the loop never makes the host wait for the GPU: the training loss is summed
+on the device and read once per report (not ``float(loss)`` per step), batches are collated into
+pinned memory one step ahead and copied with ``non_blocking`` (a copy from pageable memory waits
+for the GPU), gradient clipping and AdamW are fused multi-tensor kernels without host reads, and
+``train.pad_multiple`` rounds batch widths so that ``train.compile`` sees few shapes. The one read
+left inside a step is transformers' own check whether a padding mask has any padding at all
+(``masking_utils``); it is skipped under ``torch.compile`` and CUDA-graph capture.
+
 Reported metrics: ``accuracy``, ``f1`` (macro), ``eval_loss`` (on the held-out validation split when
 ``data.holdout_size`` is set, which then adds the dev split as ``dev_accuracy``, ``dev_f1``,
 ``dev_eval_loss``; else on dev), ``train_loss`` (mean since the last report), ``samples_seen`` (the fidelity ASHA schedules on), ``epoch``, ``trainable_params``,
@@ -32,7 +41,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -51,6 +60,9 @@ __all__ = [
     "evaluate",
     "evaluate_splits",
     "predict_logits",
+    "pad_multiple",
+    "compiled_for_training",
+    "COMPILE_OPTIONS",
     "save_checkpoint",
     "load_checkpoint",
     "TrainState",
@@ -114,6 +126,26 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def pad_multiple(cfg: TrialConfig, device: torch.device) -> int:
+    """``train.pad_multiple`` resolved for ``device`` (``auto``: 16 on CUDA, 1 elsewhere)."""
+    value = cfg.train.pad_multiple
+    if value == "auto":
+        return 16 if device.type == "cuda" else 1
+    return int(value)
+
+
+#: ``torch.compile`` arguments for ``train.compile`` (a module constant so that tests can trace
+#: with ``backend="eager"`` instead of paying for Inductor's C++/Triton compilation).
+COMPILE_OPTIONS: dict[str, Any] = {"mode": "reduce-overhead"}
+
+
+def compiled_for_training(model: torch.nn.Module, cfg: TrialConfig) -> torch.nn.Module:
+    """The module the training steps call: ``model`` itself, or with ``train.compile`` a
+    ``torch.compile`` wrapper around it that shares its parameters (evaluation, checkpoints and
+    exports keep using ``model``, so they never see the wrapper's renamed state dict)."""
+    return torch.compile(model, **COMPILE_OPTIONS) if cfg.train.compile else model
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrialConfig, plan: Plan):
     """AdamW over the trainable parameters only, linear warmup then linear decay.
 
@@ -146,66 +178,108 @@ def make_plan(cfg: TrialConfig, n_train: int) -> Plan:
 # --------------------------------------------------------------------------- loop
 
 
-def train_steps(model, optimizer, scheduler, data: TrialData, state: TrainState, plan: Plan, cfg: TrialConfig, device) -> list[float]:
-    """Train until the next evaluation point (or the end); returns the per-step losses."""
+def _schedule(lengths: np.ndarray, cfg: TrialConfig, state: TrainState, steps: int) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """``(epoch, batch in epoch, batches in epoch, example indices)`` of the next ``steps`` steps
+    from ``state`` on. Reads ``state`` without changing it; each epoch's order is built when reached."""
+    epoch, i = state.epoch, state.batch_in_epoch
+    batches = make_batches(lengths, cfg.train.batch_size, cfg.train.seed, epoch, cfg.train.bucket_chunk)
+    for _ in range(steps):
+        if i == len(batches):
+            epoch, i = epoch + 1, 0
+            batches = make_batches(lengths, cfg.train.batch_size, cfg.train.seed, epoch, cfg.train.bucket_chunk)
+        yield epoch, i, len(batches), batches[i]
+        i += 1
+
+
+def _one_ahead(items: Iterator[Any], load: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
+    """``(item, load(item))`` pairs, with the next item loaded before the current one is handed
+    out: batch k+1 is collated (into pinned memory) and its copy queued before step k is launched,
+    so on CUDA it is on the device when step k+1 starts, with nothing to wait for. On CPU it is
+    the same work in another order. A loop stopped at an evaluation point wastes one collate."""
+    it = iter(items)
+    current = next(it, None)
+    if current is None:
+        return
+    loaded = load(current)
+    for item in it:
+        upcoming = load(item)
+        yield current, loaded
+        current, loaded = item, upcoming
+    yield current, loaded
+
+
+def _batch_loader(split: TokenizedSplit, pad_id: int, multiple: int, device: torch.device) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
+    """Example indices → a padded batch on ``device`` (pinned + ``non_blocking`` on CUDA)."""
+    cuda = device.type == "cuda"
+
+    def load(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = collate(split, idx, pad_id, multiple, pin_memory=cuda)
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    return load
+
+
+def train_steps(model, optimizer, scheduler, data: TrialData, state: TrainState, plan: Plan, cfg: TrialConfig, device) -> torch.Tensor:
+    """Train until the next evaluation point (or the end); returns the mean training loss of
+    these steps as a 0-dim float64 tensor on ``device`` (NaN if no step ran).
+
+    Nothing in here reads a value back from the GPU: the loss is summed on the device, so the
+    host keeps queueing kernels ahead of it (reading it is the caller's one sync per report)."""
     model.train()
-    lengths = data.train.lengths
-    batches = make_batches(lengths, cfg.train.batch_size, cfg.train.seed, state.epoch, cfg.train.bucket_chunk)
     amp = device.type == "cuda"
-    losses: list[float] = []
-    while state.step < plan.total_steps:
-        idx = batches[state.batch_in_epoch]
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(data.train, idx, data.pad_id).items()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    schedule = _schedule(data.train.lengths, cfg, state, plan.total_steps - state.step)
+    load = _batch_loader(data.train, data.pad_id, pad_multiple(cfg, device), device)
+    for (epoch, i, n_batches, idx), batch in _one_ahead(schedule, lambda item: load(item[3])):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = model(**batch).loss
         loss.backward()
         if cfg.train.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], cfg.train.max_grad_norm
-            )
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm, foreach=True)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        loss_sum += loss.detach()
+        steps += 1
         state.step += 1
-        state.batch_in_epoch += 1
         state.samples_seen += len(idx)
-        epoch_done = state.batch_in_epoch == len(batches)
-        if epoch_done:
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            if state.step < plan.total_steps:
-                batches = make_batches(lengths, cfg.train.batch_size, cfg.train.seed, state.epoch, cfg.train.bucket_chunk)
+        epoch_done = i + 1 == n_batches
+        state.epoch, state.batch_in_epoch = (epoch + 1, 0) if epoch_done else (epoch, i + 1)
         if not plan.scheduled and epoch_done:
             break
         if state.next_eval_at and state.samples_seen >= state.next_eval_at:
             break
     state.next_eval_at = plan.next_eval(state.samples_seen)
-    return losses
+    return loss_sum / steps if steps else torch.tensor(float("nan"), dtype=torch.float64)
 
 
 @torch.inference_mode()
-def predict_logits(model, split: TokenizedSplit, pad_id: int, batch_size: int, device) -> np.ndarray:
-    """Logits for every example, computed in length order (little padding), returned in input order."""
+def predict_logits(model, split: TokenizedSplit, pad_id: int, batch_size: int, device, pad_multiple: int = 1) -> np.ndarray:
+    """Logits for every example, computed in length order (little padding), returned in input
+    order; read back from the device once, after the last batch."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")
-    out = np.zeros((len(split), model.config.num_labels), dtype=np.float32)
     amp = device.type == "cuda"
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate(split, idx, pad_id)
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    load = _batch_loader(split, pad_id, pad_multiple, device)
+    parts = []
+    for _, batch in _one_ahead(iter(chunks), load):
         batch.pop("labels")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        out[idx] = logits.float().cpu().numpy()
+            parts.append(model(**batch).logits.float())
+    out = np.zeros((len(split), model.config.num_labels), dtype=np.float32)
+    if parts:
+        out[order] = torch.cat(parts).cpu().numpy()
     return out
 
 
-def evaluate(model, split: TokenizedSplit, pad_id: int, batch_size: int, device) -> dict[str, float]:
+def evaluate(model, split: TokenizedSplit, pad_id: int, batch_size: int, device, pad_multiple: int = 1) -> dict[str, float]:
     """Dev accuracy, macro-F1 and mean cross-entropy."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    logits = predict_logits(model, split, pad_id, batch_size, device)
+    logits = predict_logits(model, split, pad_id, batch_size, device, pad_multiple)
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(split.labels))
     preds = logits.argmax(-1)
     return {
@@ -215,13 +289,14 @@ def evaluate(model, split: TokenizedSplit, pad_id: int, batch_size: int, device)
     }
 
 
-def evaluate_splits(model, data: TrialData, batch_size: int, device) -> dict[str, float]:
+def evaluate_splits(model, data: TrialData, batch_size: int, device, pad_multiple: int = 1) -> dict[str, float]:
     """The metrics a trial reports: on the held-out validation split (with the dev split beside
     it as ``dev_*``) when ``data.holdout_size`` made one, else on dev."""
     if data.val is None:
-        return evaluate(model, data.dev, data.pad_id, batch_size, device)
-    metrics = evaluate(model, data.val, data.pad_id, batch_size, device)
-    metrics.update({f"dev_{k}": v for k, v in evaluate(model, data.dev, data.pad_id, batch_size, device).items()})
+        return evaluate(model, data.dev, data.pad_id, batch_size, device, pad_multiple)
+    metrics = evaluate(model, data.val, data.pad_id, batch_size, device, pad_multiple)
+    dev = evaluate(model, data.dev, data.pad_id, batch_size, device, pad_multiple)
+    metrics.update({f"dev_{k}": v for k, v in dev.items()})
     return metrics
 
 
@@ -300,15 +375,17 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
         log(f"{len(data.train)} train / " + (f"{len(data.val)} validation / " if data.val is not None else "") + f"{len(data.dev)} dev examples, labels {data.label_names}; "
             f"{trainable:,} trainable params; {pooling_of(model)} pooling; {plan.total_steps} steps"
             + (f"; resuming at step {state.step}" if resume else ""))
+    step_model = compiled_for_training(model, cfg)
+    multiple = pad_multiple(cfg, device)
     setup_s = time.perf_counter() - t_setup
     while state.step < plan.total_steps:
         t0, seen0 = time.perf_counter(), state.samples_seen
-        losses = train_steps(model, optimizer, scheduler, data, state, plan, cfg, device)
+        train_loss = float(train_steps(step_model, optimizer, scheduler, data, state, plan, cfg, device))  # waits for the GPU
         train_s = time.perf_counter() - t0
-        metrics = evaluate_splits(model, data, cfg.train.eval_batch_size, device)
+        metrics = evaluate_splits(model, data, cfg.train.eval_batch_size, device, multiple)
         eval_s = time.perf_counter() - t0 - train_s
         metrics.update(
-            train_loss=float(np.mean(losses)) if losses else float("nan"),
+            train_loss=train_loss,
             samples_seen=state.samples_seen,
             epoch=state.samples_seen / len(data.train),
             trainable_params=trainable,

@@ -784,3 +784,21 @@ def test_kuberay_raycluster():
             assert env["RAY_AUTH_MODE"].get("value") == "token", name
             assert "secretKeyRef" in env["RAY_AUTH_TOKEN"].get("valueFrom", {}), name
     assert len(images) == 1, "head and workers must run the same image"
+
+
+def test_mps_override_shares_the_daemon_with_the_worker():
+    """compose.mps.yaml: the MPS control daemon and the Ray worker meet through one pipe
+    directory (same volume, same CUDA_MPS_PIPE_DIRECTORY), the host IPC namespace and one uid."""
+    mps_doc = _yaml(DOCKER / "compose.mps.yaml")
+    merged = _merge(_merged_gpu(), mps_doc)
+    mps, worker = _services(merged)["mps"], _services(merged)["ray-worker"]
+    assert _tokens(mps["command"])[:2] == ["nvidia-cuda-mps-control", "-f"]
+    pipe = _env(mps)["CUDA_MPS_PIPE_DIRECTORY"]
+    assert _env(worker)["CUDA_MPS_PIPE_DIRECTORY"] == pipe
+    mounts = lambda svc: {v["source"]: v["target"] for v in svc["volumes"] if isinstance(v, dict)}  # noqa: E731
+    assert mounts(mps)["mps-pipe"] == mounts(worker)["mps-pipe"] == pipe
+    assert mps["ipc"] == worker["ipc"] == "host"
+    uid = re.search(r"ARG APP_UID=(\d+)", DOCKERFILE.read_text()).group(1)
+    assert mps["user"].split(":")[0] == uid
+    assert mps["image"] == worker["image"] == "lora-study:gpu"
+    assert "mps-pipe" in mps_doc["volumes"]

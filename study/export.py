@@ -336,6 +336,8 @@ def _meta(ck: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _merge(out: Path, meta: dict[str, Any], clf: Any) -> None:
+    from transformers.utils import logging as hf_logging
+
     from trainables.pooling import pooling_of
 
     merged = clf.model.merge_and_unload()
@@ -343,7 +345,13 @@ def _merge(out: Path, meta: dict[str, Any], clf: Any) -> None:
     mean = pooling_of(merged) == "mean"
     if mean:
         _as_mean_pooling_remote_code(merged)
-    merged.save_pretrained(target)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards" for one file is noise in a CLI
+    try:
+        merged.save_pretrained(target)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if mean:
         _ship_pooling_code(target)
     clf.tokenizer.save_pretrained(target)

@@ -101,7 +101,9 @@ def _tokenizer(d: Path, base_name: str | None) -> Any:
 
     try:
         if (d / "tokenizer_config.json").is_file() or not base_name:
-            return AutoTokenizer.from_pretrained(d)
+            # a merged mean-pooling model's config.json names remote code (auto_map): the tokenizer
+            # does not need it, and without an explicit no transformers would prompt on stdin
+            return AutoTokenizer.from_pretrained(d, trust_remote_code=False)
         from trainables.model import load_tokenizer
 
         return load_tokenizer(base_name)
@@ -122,13 +124,13 @@ def load_classifier(directory: str | Path) -> Classifier:
     is_adapter, is_model = (d / "adapter_config.json").is_file(), (d / "config.json").is_file()
     if not (is_adapter or is_model):
         raise ConfigError(f"{d}: neither an adapter (adapter_config.json) nor a model (config.json)")
-    tokenizer = _tokenizer(d, meta.get("base_model") if is_adapter else None)
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the base's "classifier newly initialized" report is expected: the adapter brings it
     hf_logging.disable_progress_bar()
     try:
+        tokenizer = _tokenizer(d, meta.get("base_model") if is_adapter else None)
         if is_adapter:
             model, labels = _load_adapter(d, meta), meta.get("label_names")
             kind = "adapter" if (d / "tokenizer_config.json").is_file() else "checkpoint"

@@ -227,14 +227,16 @@ def test_stock_loaders_predict_like_lora_study_or_refuse_loudly(loader, error, s
 
 @pytest.mark.slow
 def test_study_predict_cli_on_the_copied_export_and_on_the_training_checkpoint(real, fifty, tmp_path):
-    """``python -m study.predict`` on the copied export, and on the ``trainables.lora --out``
+    """``python -m study.predict`` on the copied export, its merged model (remote code: no
+    prompt on stdin, nothing but the JSON on stdout), and the ``trainables.lora --out``
     directory it was exported from (no tokenizer there: the base model's)."""
     texts = tmp_path / "fifty.txt"
     texts.write_text("\n".join(fifty) + "\n")
-    for model in (real.export, real.checkpoint):
+    for model in (real.export, real.export / "merged", real.checkpoint):
         proc = subprocess.run([sys.executable, "-m", "study.predict", "--model", str(model), "--file", str(texts), "--json"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+                              cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stderr.strip() == "", proc.stderr[-3000:]
         got = json.loads(proc.stdout)
         assert [g["text"] for g in got] == fifty
         assert_same_predictions(real, [g["label"] for g in got], [g["confidence"] for g in got])

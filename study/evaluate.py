@@ -1,15 +1,18 @@
 """``python -m study.evaluate``: score an exported adapter (or merged model) on labelled data.
 
     python -m study.evaluate --model DIR --data ../shared/data/sst2            # its dev split
-    python -m study.evaluate --model DIR --data reviews.csv --split all --text-column review
+    python -m study.evaluate --model DIR --data test.tsv                        # all of a labelled file
+    python -m study.evaluate --model DIR --data reviews.csv --text-column review --label-column sentiment
     python -m study.evaluate --model DIR --data ../shared/data/sst2 --json --log-to-study NAME
 
 Prints accuracy, macro-F1, eval loss, scikit-learn's per-class precision/recall/F1 and the
-confusion matrix (``--json``: the same as one JSON object). DATA is read with the trainable's
-loaders (``trainables.data``): a directory with ``train.*`` and ``dev.*`` files, or one file whose
-dev split is carved off with the model's own ``data.seed``/``data.dev_fraction`` — the same dev
-examples the study scored. ``--split train`` / ``--split all`` (a whole single file) / ``--split
-NAME`` (``NAME.tsv`` etc. in the directory) pick other data.
+confusion matrix (``--json``: the same as one JSON object, with ``n`` and ``split``). DATA is read
+with the trainable's loaders (``trainables.data``): a directory is scored on its ``dev.*`` (or
+``validation.*``) file; a single labelled file is scored whole. ``--split dev`` / ``--split
+train`` on a single file score the part the study carved off it (the model's own
+``data.seed``/``data.dev_fraction``: the very examples the study evaluated on); ``--split NAME``
+picks ``NAME.tsv`` etc. in a directory. MODEL is an export, its ``merged/`` or the ``--out`` of
+``python -m trainables.lora`` (its ``last/`` checkpoint; the tokenizer is the base model's).
 
 Labels: names the model knows (``negative``) are matched by name; integers the model does not
 name (``0``/``1`` when the model says ``[negative, positive]``) are label ids.
@@ -25,8 +28,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trainables.config import ConfigError
 
 __all__ = ["main", "load_eval_data", "label_ids", "metrics"]
@@ -36,8 +37,9 @@ _DEV_NAMES = ("dev", "validation", "valid", "val")
 
 
 def _key(v: Any) -> str:
-    """A label as text, ``1.0`` read as ``1`` (as ``trainables.data`` keys labels)."""
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+    """A label as text, ``1.0`` read as ``1`` (as ``trainables.data`` keys labels; numpy's
+    floating types are ``float`` subclasses or convert with ``float``)."""
+    if not isinstance(v, (bool, int, str)) and hasattr(v, "is_integer") and float(v).is_integer():
         v = int(v)
     return str(v)
 
@@ -63,9 +65,15 @@ def _read_columns(path: Path, text_column: str, label_column: str) -> tuple[list
     return [str(t) for t in df[text_column].tolist()], [_key(v) for v in df[label_column].tolist()]
 
 
-def load_eval_data(data: str, split: str, text_column: str, label_column: str,
+def default_split(data: str) -> str:
+    """``all`` for a single labelled file (evaluating a file means all of it), ``dev`` for a
+    directory (its dev file)."""
+    return "dev" if Path(data).expanduser().is_dir() else "all"
+
+
+def load_eval_data(data: str, split: str | None, text_column: str, label_column: str,
                    trained: dict[str, Any] | None = None) -> tuple[list[str], list[str], str]:
-    """(texts, labels as text, source) of one split of DATA.
+    """(texts, labels as text, source) of one split of DATA (``None``: ``default_split``).
 
     ``dev``/``train`` go through ``trainables.data.load_splits`` with the model's data seed and
     dev fraction, so a single file yields the very dev split the study evaluated on."""
@@ -76,6 +84,7 @@ def load_eval_data(data: str, split: str, text_column: str, label_column: str,
     path = Path(data).expanduser()
     if not path.exists():
         raise ConfigError(f"--data {data}: no such file or directory")
+    split = split or default_split(data)
     if path.is_dir():
         if split in ("dev", "train") and _find(path, ("train",)) is not None:
             pass  # load_splits below
@@ -99,9 +108,11 @@ def load_eval_data(data: str, split: str, text_column: str, label_column: str,
     return list(texts), [raw.label_names[i] for i in ids], src
 
 
-def label_ids(labels: list[str], names: list[str], source: str) -> np.ndarray:
-    """Map the data's labels to the model's ids: by name where the model names them all, else
-    integers 0..K-1 as ids."""
+def label_ids(labels: list[str], names: list[str], source: str) -> Any:
+    """Map the data's labels to the model's ids (a numpy array): by name where the model names
+    them all, else integers 0..K-1 as ids."""
+    import numpy as np
+
     index = {n: i for i, n in enumerate(names)}
     if all(lab in index for lab in labels):
         return np.asarray([index[lab] for lab in labels], dtype=np.int64)
@@ -112,9 +123,10 @@ def label_ids(labels: list[str], names: list[str], source: str) -> np.ndarray:
                       f"nor label ids 0..{len(names) - 1}")
 
 
-def metrics(labels: np.ndarray, logits: np.ndarray, names: list[str]) -> dict[str, Any]:
+def metrics(labels: Any, logits: Any, names: list[str]) -> dict[str, Any]:
     """Accuracy and macro-F1 as the trainable computes them, plus eval loss, the per-class report
-    and the confusion matrix (rows = true label, columns = predicted)."""
+    and the confusion matrix (rows = true label, columns = predicted); numpy arrays in."""
+    import numpy as np
     import torch
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
@@ -167,7 +179,7 @@ def log_to_study(study: str, storage: str | None, tracking_uri: str | None, resu
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"model {result['model']} ({result['kind']}), data {result['data']}: {result['n']} examples")
+    print(f"model {result['model']} ({result['kind']}), data {result['data']}, split {result['split']}: {result['n']} examples")
     print(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['f1']:.4f}   eval loss {result['eval_loss']:.4f}\n")
     print(result["report"])
     names = result["labels"]
@@ -183,9 +195,10 @@ def _print(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m study.evaluate", description="Evaluate an exported LoRA adapter or merged model on labelled data.")
-    ap.add_argument("--model", required=True, help="exported adapter dir or its merged/ dir")
-    ap.add_argument("--data", required=True, help="directory with train/dev files, or one tsv/csv/parquet/jsonl file")
-    ap.add_argument("--split", default="dev", help="dev (default), train, all (a whole single file) or a file stem in DATA")
+    ap.add_argument("--model", required=True, help="exported adapter dir, its merged/ dir, or the --out dir of python -m trainables.lora")
+    ap.add_argument("--data", required=True, help="directory with train/dev files, or one labelled tsv/csv/parquet/jsonl file")
+    ap.add_argument("--split", help="default: all of a single file, the dev file of a directory; dev/train: the split the "
+                                    "study carved off a single file; NAME: NAME.tsv etc. in a directory")
     ap.add_argument("--text-column", help="text column (default: the model's data.text_column, else 'sentence')")
     ap.add_argument("--label-column", help="label column (default: the model's data.label_column, else 'label')")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -194,25 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one in the study's study.json)")
     args = ap.parse_args(argv)
     try:
-        from .inference import META_FILE, load_classifier
+        from .inference import load_classifier, model_dir, read_meta
 
         if args.log_to_study:  # fail on a wrong study name before minutes of inference
             from .store import read_study
 
             read_study(args.log_to_study, args.storage)
-        meta_path = Path(args.model) / META_FILE
-        trained: dict[str, Any] = {}
-        if meta_path.is_file():
-            try:
-                trained = (json.loads(meta_path.read_text()).get("config") or {}).get("data") or {}
-            except json.JSONDecodeError:
-                trained = {}
+        trained: dict[str, Any] = (read_meta(model_dir(args.model)).get("config") or {}).get("data") or {}
+        split = args.split or default_split(args.data)
         clf = load_classifier(args.model)
-        texts, raw_labels, source = load_eval_data(args.data, args.split, args.text_column or trained.get("text_column", "sentence"),
+        texts, raw_labels, source = load_eval_data(args.data, split, args.text_column or trained.get("text_column", "sentence"),
                                                    args.label_column or trained.get("label_column", "label"), trained)
         y = label_ids(raw_labels, clf.label_names, source)
         result = metrics(y, clf.logits(texts), clf.label_names)
-        result.update(model=str(Path(args.model).resolve()), kind=clf.kind, data=source, split=args.split)
+        result.update(model=str(Path(args.model).resolve()), kind=clf.kind, data=source, split=split)
         if args.log_to_study:
             result["logged_to"] = log_to_study(args.log_to_study, args.storage, args.tracking_uri, result)
     except ConfigError as e:

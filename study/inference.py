@@ -1,7 +1,17 @@
-"""Load an exported classifier (adapter dir or merged dir) and predict texts.
+"""Load an exported classifier (adapter dir, merged dir or a trainable's checkpoint) and predict texts.
 
 Shared by ``study.predict``, ``study.evaluate`` and the MLflow pyfunc wrapper, so all three
 answer exactly like the study's own evaluation: same tokenizer, same truncation, same logits.
+
+Three kinds of directory load:
+
+- an export (``study.export --out DIR``): PEFT adapter + tokenizer + ``lora_study.json``;
+- its ``merged/`` model (plain transformers; a mean-pooling one is transformers remote code);
+- a trainable's checkpoint (``trainables.lora --out OUT`` writes ``OUT/last``): adapter +
+  ``lora_study.json`` without a tokenizer, which then comes from the base model.
+
+Heavy libraries (torch, transformers, PEFT) are imported when a model is loaded, not on import:
+the CLIs answer ``--help`` without them.
 """
 
 from __future__ import annotations
@@ -12,12 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from trainables.config import ConfigError
-from trainables.pooling import MeanPoolingBertConfig, MeanPoolingBertForSequenceClassification, use_mean_pooling
 
-__all__ = ["Classifier", "load_classifier", "META_FILE"]
+__all__ = ["Classifier", "load_classifier", "model_dir", "read_meta", "META_FILE"]
 
 META_FILE = "lora_study.json"
 
@@ -28,12 +35,14 @@ class Classifier:
     tokenizer: Any
     label_names: list[str]
     max_length: int
-    kind: str  # "adapter" or "merged"
+    kind: str  # "adapter", "merged" or "checkpoint"
     batch_size: int = 128  # the trainable's train.eval_batch_size: same batches → bit-identical logits
 
-    def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """Logits per text, batched in length order with the trainable's evaluation batch size
-        (padding differs with the batching, so this is what reproduces its logits exactly)."""
+    def logits(self, texts: list[str], batch_size: int | None = None) -> Any:
+        """Logits per text (a numpy array), batched in length order with the trainable's
+        evaluation batch size (padding differs with the batching, so this is what reproduces its
+        logits exactly)."""
+        import numpy as np
         import torch
 
         from trainables.data import TokenizedSplit
@@ -48,6 +57,8 @@ class Classifier:
 
     def predict(self, texts: list[str]) -> list[tuple[str, float]]:
         """(label, confidence) per text; confidence = softmax probability of the predicted label."""
+        import numpy as np
+
         logits = self.logits(texts)
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
@@ -55,52 +66,76 @@ class Classifier:
         return [(self.label_names[i], float(probs[n, i])) for n, i in enumerate(idx)]
 
 
-def load_classifier(directory: str | Path) -> Classifier:
-    """An exported adapter dir (PEFT + tokenizer + ``lora_study.json``) or a merged model dir.
-    Every problem (missing dir, no tokenizer, torn weights) is a one-line ``ConfigError``."""
-    d = Path(directory)
+def model_dir(directory: str | Path) -> Path:
+    """The directory to load: ``directory`` itself, or ``directory/last`` for the ``--out`` of
+    ``python -m trainables.lora`` (which keeps its latest checkpoint there)."""
+    d = Path(directory).expanduser()
     if not d.is_dir():
         raise ConfigError(f"--model {d}: no such directory")
-    meta_path = d / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{meta_path}: corrupt ({e})") from None
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    if not any((d / f).is_file() for f in ("adapter_config.json", "config.json")) and (d / "last" / "adapter_config.json").is_file():
+        return d / "last"
+    return d
 
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """``lora_study.json`` of an export or checkpoint, normalized: a checkpoint's file has only
+    ``config``/``label_names``/``pooling``, an export's also ``base_model`` and ``max_length``.
+    ``{}`` when there is none (a plain merged model)."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: corrupt ({e})") from None
+    cfg = meta.get("config") or {}
+    meta.setdefault("base_model", (cfg.get("model") or {}).get("name"))
+    meta.setdefault("max_length", (cfg.get("data") or {}).get("max_length", 128))
+    return meta
+
+
+def _tokenizer(d: Path, base_name: str | None) -> Any:
+    """The directory's own tokenizer (exports, merged models), else the base model's (a
+    trainable's checkpoint saves none: it always tokenizes with its base model's)."""
+    from transformers import AutoTokenizer
+
+    try:
+        if (d / "tokenizer_config.json").is_file() or not base_name:
+            # a merged mean-pooling model's config.json names remote code (auto_map): the tokenizer
+            # does not need it, and without an explicit no transformers would prompt on stdin
+            return AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+        from trainables.model import load_tokenizer
+
+        return load_tokenizer(base_name)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{d}: no tokenizer ({str(e).splitlines()[0]})") from None
+
+
+def load_classifier(directory: str | Path) -> Classifier:
+    """An exported adapter dir (PEFT + tokenizer + ``lora_study.json``), a merged model dir or a
+    trainable's checkpoint (``OUT`` or ``OUT/last``). Every problem (missing dir, no tokenizer,
+    torn weights) is a one-line ``ConfigError``.
+
+    A mean-pooling adapter gets ``use_mean_pooling`` before PEFT loads it; lora-study exports
+    list the pooler in ``modules_to_save`` with empty tensors (so that stock loading refuses
+    them), which PEFT wraps around the ``MeanPooler`` and the pooler ignores."""
+    d = model_dir(directory)
+    meta = read_meta(d)
     is_adapter, is_model = (d / "adapter_config.json").is_file(), (d / "config.json").is_file()
     if not (is_adapter or is_model):
         raise ConfigError(f"{d}: neither an adapter (adapter_config.json) nor a model (config.json)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(d)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{d}: no tokenizer ({str(e).splitlines()[0]})") from None
+    from transformers.utils import logging as hf_logging
+
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the base's "classifier newly initialized" report is expected: the adapter brings it
     hf_logging.disable_progress_bar()
     try:
+        tokenizer = _tokenizer(d, meta.get("base_model") if is_adapter else None)
         if is_adapter:
-            from peft import PeftModel
-
-            from trainables.model import resolve_model_name
-
-            base_name = meta.get("base_model")
-            labels = meta.get("label_names")
-            if not base_name or not labels:
-                raise ConfigError(f"{d}: adapter without a complete {META_FILE}; cannot tell the base model and labels")
-            base = AutoModelForSequenceClassification.from_pretrained(
-                resolve_model_name(base_name), num_labels=len(labels),
-                id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-            if meta.get("pooling", "cls") == "mean":  # older exports have no key: they pooled [CLS]
-                use_mean_pooling(base)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations PEFT still calls
-                model, kind = PeftModel.from_pretrained(base, str(d)), "adapter"
+            model, labels = _load_adapter(d, meta), meta.get("label_names")
+            kind = "adapter" if (d / "tokenizer_config.json").is_file() else "checkpoint"
         else:
-            mean = json.loads((d / "config.json").read_text()).get("model_type") == MeanPoolingBertConfig.model_type
-            factory = MeanPoolingBertForSequenceClassification if mean else AutoModelForSequenceClassification
-            model, kind = factory.from_pretrained(d), "merged"
+            model, kind = _load_merged(d), "merged"
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     except ConfigError:
         raise
@@ -113,5 +148,35 @@ def load_classifier(directory: str | Path) -> Classifier:
             hf_logging.enable_progress_bar()
     model.eval()
     train_cfg = (meta.get("config") or {}).get("train") or {}
-    return Classifier(model, tokenizer, list(labels), int(meta.get("max_length", 128)), kind,
+    return Classifier(model, tokenizer, list(labels), int(meta.get("max_length") or 128), kind,
                       int(train_cfg.get("eval_batch_size") or 128))
+
+
+def _load_adapter(d: Path, meta: dict[str, Any]) -> Any:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from trainables.model import resolve_model_name
+    from trainables.pooling import use_mean_pooling
+
+    base_name, labels = meta.get("base_model"), meta.get("label_names")
+    if not base_name or not labels:
+        raise ConfigError(f"{d}: adapter without a complete {META_FILE}; cannot tell the base model and labels")
+    base = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_name(base_name), num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    if meta.get("pooling", "cls") == "mean":  # older exports have no key: they pooled [CLS]
+        use_mean_pooling(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations PEFT still calls
+        return PeftModel.from_pretrained(base, str(d))
+
+
+def _load_merged(d: Path) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    from trainables.pooling import MeanPoolingBertConfig, MeanPoolingBertForSequenceClassification
+
+    mean = json.loads((d / "config.json").read_text()).get("model_type") == MeanPoolingBertConfig.model_type
+    # our own class for a mean-pooling merged model: no remote code is executed to load it here
+    return (MeanPoolingBertForSequenceClassification if mean else AutoModelForSequenceClassification).from_pretrained(d)

@@ -4,6 +4,7 @@
     python -m study.predict --model DIR --file reviews.txt          # one text per line
     python -m study.predict --model DIR --file reviews.csv --text-column review --json
     cat reviews.txt | python -m study.predict --model DIR/merged
+    python -m study.predict --model runs/x "a text"     # the --out of python -m trainables.lora
 
 Prints ``label<TAB>confidence<TAB>text`` per text (confidence = softmax probability of the
 predicted label), or with ``--json`` a list of ``{"text", "label", "confidence"}``. Texts are
@@ -85,7 +86,8 @@ def read_texts(texts: list[str], file: str | None, text_column: str | None, trai
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m study.predict", description="Label texts with an exported LoRA adapter or merged model.")
-    ap.add_argument("--model", required=True, help="exported adapter dir (python -m study.export --out DIR) or its merged/ dir")
+    ap.add_argument("--model", required=True, help="exported adapter dir (python -m study.export --out DIR), its merged/ dir, "
+                                                   "or the --out dir of python -m trainables.lora")
     ap.add_argument("texts", nargs="*", help="texts to label (default: --file, else stdin)")
     ap.add_argument("--file", help="one text per line, or a csv/tsv/parquet/jsonl table ('-' = stdin)")
     ap.add_argument("--text-column", help="table column with the text (default: the model's training text column, 'text' or 'sentence')")
@@ -117,13 +119,12 @@ def _predict(clf: Any, texts: list[str], batch_size: int) -> list[tuple[str, flo
     return clf.predict(texts)
 
 
-def _trained_text_column(model_dir: str) -> str | None:
-    from .inference import META_FILE
+def _trained_text_column(directory: str) -> str | None:
+    from .inference import model_dir, read_meta
 
     try:
-        meta = json.loads((Path(model_dir) / META_FILE).read_text())
-        return meta["config"]["data"]["text_column"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_meta(model_dir(directory))["config"]["data"]["text_column"]
+    except (ConfigError, KeyError, TypeError):  # no such dir, no or a corrupt lora_study.json: load_classifier says so
         return None
 
 

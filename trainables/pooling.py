@@ -39,11 +39,15 @@ __all__ = [
 
 
 class MeanPooler(torch.nn.Module):
-    """Mean of the last hidden states over the real (unmasked) tokens."""
+    """Mean of the last hidden states over the real (unmasked) tokens.
 
-    def __init__(self) -> None:
+    ``replaced`` names the parameters (and shapes) of the pooler it stands in for: what a stock
+    model has at this place, so an export can store tensors there that a stock pooler refuses."""
+
+    def __init__(self, replaced: dict[str, tuple[int, ...]] | None = None) -> None:
         super().__init__()
         self.mask: torch.Tensor | None = None  # set by the encoder's pre-hook for each call
+        self.replaced = dict(replaced or {})
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         mask = self.mask
@@ -68,7 +72,11 @@ def _hand_mask(encoder: Any, args: tuple, kwargs: dict) -> None:
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1:  # encoder(input_ids, attention_mask, …) called positionally
         mask = args[1]
-    encoder.pooler.mask = mask
+    # the pooler itself, or its copies inside PEFT's ModulesToSaveWrapper: lora-study exports list
+    # ``pooler`` in ``modules_to_save`` so that stock loading refuses them (see study/export.py)
+    for module in encoder.pooler.modules():
+        if isinstance(module, MeanPooler):
+            module.mask = mask
 
 
 def use_mean_pooling(model: Any) -> Any:
@@ -79,7 +87,7 @@ def use_mean_pooling(model: Any) -> Any:
     if not supports_mean_pooling(model):
         raise ValueError(f"{type(model).__name__} has no pooler to replace; mean pooling needs a BERT-style head")
     enc = _encoder(model)
-    enc.pooler = MeanPooler()
+    enc.pooler = MeanPooler({k: tuple(v.shape) for k, v in enc.pooler.state_dict().items()})
     enc.register_forward_pre_hook(_hand_mask, with_kwargs=True)
     return model
 

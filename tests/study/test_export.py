@@ -82,6 +82,7 @@ def test_export_writes_a_complete_adapter_dir(exported, tiny_study):
     assert meta["id2label"] == {"0": "negative", "1": "positive"}
     card = (exported / "README.md").read_text()
     assert best["trial_id"] in card and "PeftModel.from_pretrained" in card and "merged/" in card
+    assert json.loads((exported / "adapter_config.json").read_text())["base_model_name_or_path"] == meta["base_model"]
     cfg = json.loads((exported / "merged" / "config.json").read_text())
     assert cfg["id2label"] == {"0": "negative", "1": "positive"}
 
@@ -215,6 +216,7 @@ ERRORS = [
     ("no-study-arg", "home", [], "--study NAME (or --from-registry"),
     ("unknown-version", "home", ["--from-registry", "models:/lora-study-tiny/99"], "cannot download"),
     ("not-a-model-uri", "home", ["--from-registry", "runs:/abc/model"], "expected models:/NAME/VERSION"),
+    ("no-checkpoint-dir", "home", ["--checkpoint", "/nonexistent/run"], "--checkpoint /nonexistent/run: no such directory"),
 ]
 
 
@@ -236,21 +238,17 @@ def test_cli_entry_point_in_a_subprocess(tiny_study, tmp_path):
     assert_one_line_error(proc.returncode, proc.stderr, "no study named 'nope'")
 
 
-def test_mean_pooling_export_loads_everywhere_with_the_same_logits(tiny_st_bert, sst2_small, tmp_path):
-    """A checkpoint trained with mean pooling (``model.pooling=auto`` on a sentence-transformers
-    layout): our loader, the merged model through stock transformers remote code and the adapter
-    with the card's recipe all give the trainable's own logits; stock loading that ignores the
-    pooling either fails loudly (merged) or gives other logits (the reason the card says so)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
-
+@pytest.fixture(scope="module")
+def mean_export(tiny_st_bert, sst2_small, tmp_path_factory):
+    """(export with ``--merge``, training history) of a checkpoint trained with mean pooling
+    (``model.pooling=auto`` on a sentence-transformers layout)."""
     from trainables.config import TrialConfig
     from trainables.lora import run_trial
 
+    tmp = tmp_path_factory.mktemp("mean")
     cfg = TrialConfig.from_dict({"model.name": str(tiny_st_bert), "data.path": str(sst2_small), "data.size": 128,
                                  "data.max_length": 48, "train.batch_size": 16, "train.lr": 5e-3, "train.threads": 1, "lora.r": 2})
-    ckpt = tmp_path / "ckpt"
+    ckpt = tmp / "ckpt"
 
     def keep(metrics, d):
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -258,7 +256,18 @@ def test_mean_pooling_export_loads_everywhere_with_the_same_logits(tiny_st_bert,
 
     history = run_trial(cfg, report=keep)
     assert json.loads((ckpt / META_FILE).read_text())["pooling"] == "mean"
-    out = export.export_checkpoint(str(ckpt), tmp_path / "best", merge=True)
+    return export.export_checkpoint(str(ckpt), tmp / "best", merge=True), history
+
+
+def test_mean_pooling_export_loads_everywhere_with_the_same_logits(mean_export, tiny_st_bert, sst2_small):
+    """Our loader, the merged model through stock transformers remote code and the adapter with
+    the card's recipe all give the trainable's own logits; the merged model without
+    ``trust_remote_code`` fails loudly."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    out, history = mean_export
     assert json.loads((out / META_FILE).read_text())["pooling"] == "mean"
     card = (out / "README.md").read_text()
     assert "use_mean_pooling(base)" in card and "trust_remote_code=True" in card
@@ -275,14 +284,78 @@ def test_mean_pooling_export_loads_everywhere_with_the_same_logits(tiny_st_bert,
         from lora_study_pooling import use_mean_pooling
     finally:
         sys.path.remove(str(out))
-    adapters = {}
-    for mean in (True, False):
-        base = AutoModelForSequenceClassification.from_pretrained(tiny_st_bert, num_labels=2)
-        adapters[mean] = PeftModel.from_pretrained(use_mean_pooling(base) if mean else base, str(out)).eval()
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_st_bert, num_labels=2)
+    adapter = PeftModel.from_pretrained(use_mean_pooling(base), str(out)).eval()
     enc = load_classifier(out).tokenizer(texts[:32], truncation=True, max_length=48, padding=True, return_tensors="pt")
     with torch.inference_mode():
         want = ours[:32]
         # padding within this batch differs from the length-sorted one: tolerance, not equality
         assert np.abs(stock(**enc).logits.numpy() - want).max() < 1e-4
-        assert np.abs(adapters[True](**enc).logits.numpy() - want).max() < 1e-4
-        assert np.abs(adapters[False](**enc).logits.numpy() - want).max() > 1e-3
+        assert np.abs(adapter(**enc).logits.numpy() - want).max() < 1e-4
+
+
+def test_stock_peft_refuses_a_mean_pooling_export(mean_export, tiny_st_bert):
+    """Without ``use_mean_pooling`` a stock head would read the [CLS] pooler the adapter was not
+    trained on (chance-level predictions, no error, before issue #16): now both stock PEFT
+    loaders stop with the error the card names."""
+    from peft import AutoPeftModelForSequenceClassification, PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    out, _ = mean_export
+    refusal = r"size mismatch for base_model\.model\.bert\.pooler\.modules_to_save\.default\.dense\.weight: copying a param with shape torch\.Size\(\[0\]\)"
+    with pytest.raises(RuntimeError, match=refusal):
+        PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_st_bert, num_labels=2), str(out))
+    with pytest.raises(RuntimeError, match=refusal):  # its base: adapter_config.json names the local directory
+        AutoPeftModelForSequenceClassification.from_pretrained(str(out))
+    card = (out / "README.md").read_text()
+    assert "size mismatch for base_model.model.bert.pooler.modules_to_save.default.dense.weight" in card
+    assert "use_mean_pooling(base)" in card
+    assert load_classifier(out).kind == "adapter"  # and ours loads it
+
+
+def test_export_names_the_base_model_portably(tiny_bert):
+    from trainables.model import EMBEDDED_HUB_ID, resolve_model_name
+
+    cases = [  # (model.name the adapter was trained with, name in the export, warns)
+        ("embedded-minilm", EMBEDDED_HUB_ID, False),
+        (EMBEDDED_HUB_ID, EMBEDDED_HUB_ID, False),
+        (resolve_model_name("embedded-minilm"), EMBEDDED_HUB_ID, False),  # the package path itself
+        ("bert-base-uncased", "bert-base-uncased", False),  # a hub id stays
+        (str(tiny_bert), str(tiny_bert.resolve()), True),  # a local directory: its path, with a warning
+    ]
+    for name, want, warns in cases:
+        got, warning = export.portable_base_model(name)
+        assert (got, warning is not None) == (want, warns), name
+    assert resolve_model_name(EMBEDDED_HUB_ID) == resolve_model_name("embedded-minilm")  # loaders map the hub id back, offline
+
+
+def test_export_of_a_trainable_checkpoint_dir(tiny_study, exported, tmp_path, caplog, capsys):
+    """``trainables.lora --out OUT`` keeps its checkpoint in ``OUT/last``: ``--checkpoint OUT`` exports it."""
+    _, home = tiny_study
+    run_dir = tmp_path / "run"
+    shutil.copytree(summary(home)["best"]["checkpoint"], run_dir / "last")
+    with caplog.at_level("WARNING", logger="study.export"):
+        rc, stdout, err = run_cli(export, ["--checkpoint", run_dir, "--out", tmp_path / "out"], capsys)
+    assert rc == 0, err
+    assert sha(tmp_path / "out" / "adapter_model.safetensors") == sha(exported / "adapter_model.safetensors")
+    assert "is a local directory" in caplog.text  # the tiny BERT: a path, not a hub id
+    assert load_classifier(tmp_path / "out").kind == "adapter"
+    assert f"checkpoint {run_dir}" in stdout
+
+
+def test_registered_version_is_the_best_trials_run(tiny_study):
+    """#15: the version's source run is the best trial's child run; metadata and alias travel with it."""
+    from mlflow import MlflowClient
+
+    name, home = tiny_study
+    s = summary(home)
+    record = json.loads((home / name / "study.json").read_text())
+    client = MlflowClient(record["tracking_uri"])
+    version = client.get_model_version_by_alias("lora-study-tiny", "best")
+    assert str(version.version) == s["registered_model"]["version"] == "1"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["ray_trial_id"] == s["best"]["trial_id"] and run.data.tags["mlflow.parentRunId"] == record["parent_run_id"]
+    assert s["registered_model"]["run_id"] == version.run_id
+    assert float(version.tags["accuracy"]) == s["best"]["accuracy"] and version.tags["trial_id"] == s["best"]["trial_id"]
+    assert {f"param.{k}" for k in s["best"]["params"]} <= set(version.tags)
+    assert s["best"]["trial_id"] in version.description and version.run_id in version.description

@@ -128,18 +128,53 @@ def test_evaluate_label_mapping(exported, clf, sst2_small, tmp_path, capsys):
     assert results["ids"]["accuracy"] == float((preds == ids).mean())
 
 
-def test_evaluate_single_file_uses_the_studys_dev_split(exported, sst2_small, tmp_path, capsys):
-    """A single file: ``--split dev`` is the dev part carved with the model's data seed/fraction."""
+def test_evaluate_scores_a_single_file_whole_unless_asked(exported, clf, sst2_small, tmp_path, capsys):
+    """A labelled file is scored whole by default (``n`` = its rows); ``--split dev`` is the part
+    the study carved off it with the model's data seed/fraction."""
     from trainables.config import DataConfig
     from trainables.data import load_splits
 
     f = tmp_path / "all.tsv"
     f.write_text((sst2_small / "train.tsv").read_text())
+    df = read_table(f)
     rc, out, err = run_cli(evaluate, ["--model", exported, "--data", f, "--json"], capsys)
     assert rc == 0, err
+    whole = json.loads(out)
+    assert whole["n"] == len(df) == 600 and whole["split"] == "all" and whole["data"] == str(f)
+    assert whole["accuracy"] == float((clf.logits(df["sentence"].astype(str).tolist()).argmax(-1) == df["label"].to_numpy()).mean())
+    rc, out, err = run_cli(evaluate, ["--model", exported, "--data", f, "--split", "dev", "--json"], capsys)
+    assert rc == 0, err
+    carved = json.loads(out)
+    assert carved["n"] == len(load_splits(DataConfig(path=str(f))).dev_texts) == 60 and carved["split"] == "dev"
+    assert "split carved with seed 0" in carved["data"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_study, tmp_path_factory) -> Path:
+    """The best trial's checkpoint laid out as ``python -m trainables.lora --out RUN`` leaves it
+    (``RUN/last``: adapter + lora_study.json, no tokenizer)."""
+    _, home = tiny_study
+    out = tmp_path_factory.mktemp("run") / "run"
+    import shutil
+
+    shutil.copytree(summary(home)["best"]["checkpoint"], out / "last")
+    assert not (out / "last" / "tokenizer_config.json").exists()
+    return out
+
+
+@pytest.mark.parametrize("which", ["run", "run/last"])
+def test_predict_and_evaluate_load_a_trainable_checkpoint(which, run_dir, exported, clf, sst2_small, capsys):
+    """``trainables.lora --out`` output (issue #16: "no tokenizer" before): the tokenizer is the
+    base model's; same predictions and scores as the export of the same checkpoint."""
+    model = run_dir if which == "run" else run_dir / "last"
+    rc, out, err = run_cli(predict, ["--model", model, "--json", *TEXTS], capsys)
+    assert rc == 0, err
+    assert [(g["label"], g["confidence"]) for g in json.loads(out)] == expected(clf, TEXTS)
+    rc, out, err = run_cli(evaluate, ["--model", model, "--data", sst2_small, "--json"], capsys)
+    assert rc == 0, err
     res = json.loads(out)
-    assert res["n"] == len(load_splits(DataConfig(path=str(f))).dev_texts) == 60
-    assert "split carved with seed 0" in res["data"]
+    assert res["kind"] == "checkpoint" and res["n"] == 200
+    assert res["accuracy"] == json.loads((exported / "lora_study.json").read_text())["metrics"]["accuracy"]
 
 
 def test_evaluate_logs_to_the_study_parent_run(exported, tiny_study, sst2_small, capsys):

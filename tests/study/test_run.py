@@ -103,7 +103,8 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
         assert [m.step for m in hist] == [h["samples_seen"] for h in row["history"]]
     assert client.get_run(record["parent_run_id"]).info.status == "FINISHED"
 
-    # the registered best adapter loads with stock PEFT and predicts
+    # the registered best adapter (mean pooling): stock PEFT refuses it (issue #16), with the
+    # model card's use_mean_pooling it loads and predicts
     mlflow.set_tracking_uri(record["tracking_uri"])
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/lora-study-e2e/1", dst_path=str(tmp_path / "dl")))
     adapter = next(local.rglob("adapter_config.json")).parent
@@ -111,9 +112,12 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from trainables.model import resolve_model_name
+    from trainables.pooling import use_mean_pooling
 
+    with pytest.raises(RuntimeError, match="size mismatch for base_model.model.bert.pooler"):
+        PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(resolve_model_name("embedded-minilm"), num_labels=2), str(adapter))
     base = AutoModelForSequenceClassification.from_pretrained(resolve_model_name("embedded-minilm"), num_labels=2)
-    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    model = PeftModel.from_pretrained(use_mean_pooling(base), str(adapter)).eval()
     tok = AutoTokenizer.from_pretrained(str(adapter))
     logits = model(**tok(["a gorgeous , witty film", "dull and lifeless"], return_tensors="pt", padding=True)).logits
     assert logits.shape == (2, 2)

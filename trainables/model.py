@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_MODEL, ConfigError, LoraSection
+from .hub import check_hub_name
 
 __all__ = [
     "resolve_model_name",
+    "check_model_name",
     "load_tokenizer",
     "linear_module_names",
     "check_target_modules",
@@ -45,8 +47,18 @@ def resolve_model_name(name: str) -> str:
     return os.path.expanduser(name)
 
 
-def _from_pretrained(factory: Any, name: str, **kwargs: Any) -> Any:
+def check_model_name(name: str) -> str:
+    """The model directory or hub id ``name`` resolves to; a path that does not exist and cannot
+    be a reachable hub model is a one-line ``ConfigError`` at once (``trainables.hub``), not
+    30 s of network retries."""
     path = resolve_model_name(name)
+    if not os.path.exists(path):
+        check_hub_name(name, "model.name", "model")
+    return path
+
+
+def _from_pretrained(factory: Any, name: str, **kwargs: Any) -> Any:
+    path = check_model_name(name)
     try:
         return factory.from_pretrained(path, **kwargs)
     except OSError as e:

@@ -564,3 +564,180 @@ def test_checkpoint_disk_is_bounded(tmp_path, tiny_bert, sst2_small):
           f"(checkpoints kept, bytes, evaluations, trainable params):")
     for tid, (k, b, e, p) in sorted(per_trial.items(), key=lambda kv: -kv[1][1]):
         print(f"  {tid}: {k} ckpts {b:>9,} B  {e:>2} evals  {p:>6,} params")
+
+
+# --------------------------------------------------------------------------- issue 18
+
+
+TWO_AT_ONCE = ["--set", "train.epochs=5", "--set", "asha.enabled=false", "--set", "search.data.size.choice=[600]",
+               "--cpus-per-trial", "0.5"]  # 2 trials side by side even on one core, 36 evaluations each
+
+
+def checkpoints_on_disk(experiment: Path, tid: str) -> dict[str, int]:
+    """Checkpoint dir name -> samples_seen it was reported with, for this trial's checkpoints on disk."""
+    rows = trial_results(experiment).get(tid, [])
+    at = {r["checkpoint_dir_name"]: r["samples_seen"] for r in rows if r.get("checkpoint_dir_name")}
+    return {p.name: at[p.name] for p in (experiment / f"trial_{tid}").glob("checkpoint_*") if p.name in at}
+
+
+def first_after_restart(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first result of the trial's last (re)start (``iterations_since_restore`` 1 again)."""
+    starts = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1]
+    assert len(starts) >= 2, f"the trial never restarted: {[r['samples_seen'] for r in rows]}"
+    return rows[starts[-1]]
+
+
+def test_resume_after_sigkill_continues_from_checkpoints(tmp_path, tiny_bert, sst2_small):
+    """Issue 18, item 2: after a driver SIGKILL, ``--resume`` continues every unfinished trial
+    from a checkpoint — its first result after the restart is beyond its first evaluation, not a
+    fresh start at 0 (before: "beyond its stored results (samples_seen -1); resuming from scratch"
+    for every trial, because the history was read from the crashed run's Ray session dir).
+
+    One trial's latest checkpoint is also torn (its adapter file truncated): that trial falls back
+    to its previous checkpoint, said in one log line, and the torn one is set aside — never a
+    FAILED trial naming a temp dir."""
+    n, name, home, log = 2, "cont", tmp_path / "studies", tmp_path / "cont.log"
+    home.mkdir()
+    exp = home / name
+    proc = start_study(tiny_study_args(name, home, tiny_bert, sst2_small, n, TWO_AT_ONCE), home, log)
+    try:
+        def both_checkpointed():
+            snap = snapshot_trials(exp)
+            ready = len(snap) == n and all(st == "RUNNING" and ck for st, ck in snap.values())
+            return snap if ready and all(len(checkpoints_on_disk(exp, t)) >= 2 for t in snap) else None
+
+        snap = wait_for(both_checkpointed, proc, log, 300, "both trials running with two checkpoints each", poll=0.05)
+        crash_driver(proc)
+    finally:
+        kill_session(proc.pid)
+    snap = snapshot_trials(exp)  # the snapshot --resume will read
+    victim, other = sorted(snap)
+    torn = Path(snap[victim][1])
+    adapter = torn / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+    out = run_study(["--name", name, "--resume", "--storage", str(home)], home, timeout=400)
+    text = out.stdout + out.stderr
+    (tmp_path / "resume.log").write_text(text)
+    fig = verify_study(home, name, n)  # no failed trial, no result lost, MLflow in step
+    assert f"Trial {victim}: latest checkpoint {torn.name} is unreadable" in text, text[-3000:]
+    assert "resuming from scratch" not in text and "resuming from scratch." not in text, text[-3000:]
+    assert not torn.exists() and (torn.parent / f".torn-{torn.name}").is_dir()
+    firsts = {}
+    for tid in (victim, other):
+        first = first_after_restart(fig["results"][tid])
+        firsts[tid] = first["samples_seen"]
+        assert first["samples_seen"] > MAX_GAP and first["training_iteration"] > 2, \
+            f"trial {tid} restarted from scratch: {[r['samples_seen'] for r in fig['results'][tid]]}"
+    print(f"\n[cont] killed with both trials checkpointed; tore {victim}/{torn.name}; first results after the restart "
+          f"at samples_seen {firsts} (first evaluation is at <= {MAX_GAP}); {fig['rereports']} re-reported evaluations")
+
+
+def _mount_tmpfs(d: Path, size: str) -> bool:
+    d.mkdir(parents=True, exist_ok=True)
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                                                capture_output=True).returncode == 0
+
+
+def _fill(d: Path) -> int:
+    """Write a filler file into ``d`` until the disk is full; returns its size."""
+    with open(d / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return (d / "filler").stat().st_size
+
+
+def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, tiny_bert, sst2_small):
+    """Issue 18, item 1: storage runs out of space mid-study. The study stops at once with one
+    line (which file, how much space, what to run), every stored file is intact (an old or a new
+    version, never torn), and after space is freed ``--resume`` finishes the *same* study — every
+    trial with the stored fixed config (before: fixed keys back at their defaults) — and a second
+    ``--resume`` of the finished study registers no duplicate model version.
+
+    The disk is a 64 MiB tmpfs filled up once a checkpoint exists (when this process may mount),
+    else writes through ``study.atomic_fs`` fail with ENOSPC while a flag file exists (injected in
+    the driver and Ray's workers by ``tests/study/enospc_site/sitecustomize.py``)."""
+    n, name = 2, "full"
+    small = tmp_path / "small"
+    mounted = _mount_tmpfs(small, "64m")
+    home, log, flag = small / "st", tmp_path / "full.log", tmp_path / "disk-full"
+    home.mkdir(parents=True)
+    env = {} if mounted else {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "enospc_site"), str(ROOT)]),
+                              "LORA_STUDY_TEST_ENOSPC_FLAG": str(flag)}
+    try:
+        proc = start_study(tiny_study_args(name, home, tiny_bert, sst2_small, n, TWO_AT_ONCE), home, log, env)
+        try:
+            wait_for(lambda: has_checkpoint(home / name), proc, log, 300, "the first checkpoint", poll=0.05)
+            config_before = json.loads((home / name / "study.json").read_text())["config"]
+            filled = _fill(small) if mounted else flag.touch()
+            rc = proc.wait(timeout=300)
+        finally:
+            kill_session(proc.pid)
+        text = log.read_text(errors="replace")
+        errors = [ln for ln in text.splitlines() if ln.startswith("error: ")]
+        assert rc == 1, f"rc {rc}:\n{text[-3000:]}"
+        assert len(errors) == 1 and errors[0].startswith("error: disk full writing "), errors or text[-3000:]
+        assert "MiB free" in errors[0] and f"--name {name} --resume" in errors[0], errors[0]
+        assert text.rstrip().splitlines()[-1] == errors[0], "the disk-full line is not the last word"
+        # nothing torn: every JSON file Ray keeps parses, every result line too
+        for f in list((home / name).glob("*.json")) + list((home / name).glob("trial_*/*.json")):
+            body = f.read_text()
+            for line in (body.splitlines() if f.name == "result.json" else [body]):
+                json.loads(line)
+        assert not list((home / name).rglob(".*.tmp-*")), "temp files left behind"
+        if mounted:
+            (small / "filler").unlink()
+        else:
+            flag.unlink()
+        run_study(["--name", name, "--resume", "--storage", str(home)], home, timeout=400, env=env)
+        fig = verify_study(home, name, n)
+        record = json.loads((home / name / "study.json").read_text())
+        assert record["config"] == config_before, "the resumed study runs with another config"
+        for tid, rows in fig["results"].items():
+            cfg = rows[-1]["config"]
+            assert cfg["train.epochs"] == 5 and cfg["train.eval_every_samples"] == 100 and cfg["data.dev_size"] == 200, (tid, cfg)
+        reg = fig["summary"]["registered_model"]
+        assert reg and reg["version"] == "1", reg
+        # resuming the finished study again: same registration, no second version
+        run_study(["--name", name, "--resume", "--storage", str(home)], home, timeout=400, env=env)
+        again = json.loads((home / name / "summary.json").read_text())
+        versions = fig["client"].search_model_versions(f"name='{reg['name']}'")
+        assert again["registered_model"] == reg and [v.version for v in versions] == ["1"], versions
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(small)], check=False)
+    print(f"\n[full] {'tmpfs, filler ' + format(filled, ',') + ' B' if mounted else 'injected ENOSPC'}: rc {rc}, "
+          f"{len(text.splitlines())} log lines, {text.count('Traceback')} tracebacks; {errors[0]}")
+
+
+def test_same_name_twice_at_once(tmp_path, tiny_bert, sst2_small):
+    """Issue 18, item 4: two drivers start the same new study at the same moment on a fresh
+    store. One runs it; the other stops with one line (before: both accepted — one directory, two
+    experiment states, two MLflow parent runs, registry versions 1 and 2, or the loser crashed
+    with ``duplicate column name: step``)."""
+    name, home = "twice", tmp_path / "studies"
+    home.mkdir()
+    args = tiny_study_args(name, home, tiny_bert, sst2_small, 2, ["--set", "asha.enabled=false",
+                                                                  "--set", "search.data.size.choice=[300]"])
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [start_study(args, home, lg) for lg in logs]
+    try:
+        rcs = [p.wait(timeout=500) for p in procs]
+    finally:
+        for p in procs:
+            kill_session(p.pid)
+    texts = [lg.read_text(errors="replace") for lg in logs]
+    assert sorted(rcs) == [0, 2], (rcs, [t[-2000:] for t in texts])
+    loser = texts[rcs.index(2)]
+    errors = [ln for ln in loser.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and ("is already running" in errors[0] or "already exists" in errors[0]), loser[-2000:]
+    assert "Traceback" not in loser, loser[-3000:]
+    assert len(list((home / name).glob("experiment_state-*.json"))) == 1
+    fig = verify_study(home, name, 2)  # exactly one MLflow parent run
+    reg = fig["summary"]["registered_model"]
+    versions = fig["client"].search_model_versions(f"name='{reg['name']}'")
+    assert [v.version for v in versions] == ["1"], versions
+    print(f"\n[twice] rcs {rcs}; loser: {errors[0]}")

@@ -178,7 +178,12 @@ class _RenameOnClose(io.FileIO):
 
     def __init__(self, path: str) -> None:
         self._final, self._tmp, self._failed = path, _tmp_name(path), False
-        super().__init__(self._tmp, "wb")
+        try:
+            super().__init__(self._tmp, "wb")
+        except OSError as e:
+            if _is_enospc(e):
+                raise _disk_full(path) from None
+            raise
 
     def write(self, data: Any) -> int:
         if self._failed:
@@ -255,7 +260,7 @@ class DiskFullWatch(Callback):
 
     def setup(self, **info: Any) -> None:
         self._seen = len(disk_full_events())  # a previous fit in this process is not news
-        for name in ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller"):
+        for name in ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller", "mlflow.store.db.utils"):
             logging.getLogger(name).addFilter(_drop_disk_full_tracebacks)
 
     def _stop_if_full(self) -> None:
@@ -284,8 +289,11 @@ class DiskFullWatch(Callback):
 
 
 def _drop_disk_full_tracebacks(record: logging.LogRecord) -> bool:
-    """Ray logs a failed snapshot sync with a full traceback each time; for a full disk the study
-    prints one line of its own instead."""
+    """Ray logs a failed snapshot sync (and MLflow's sqlite store a failed write) with a full
+    traceback each time; for a full disk the study prints one line of its own instead (the
+    tracker's one-line "MLflow call failed … buffered" warnings stay)."""
+    if "database or disk is full" in record.getMessage():
+        return False
     exc = record.exc_info[1] if record.exc_info else None
     while exc is not None:
         if isinstance(exc, DiskFullError) or _is_enospc(exc) or _disk_full_line(str(exc)):

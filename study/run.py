@@ -94,10 +94,7 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
 def _check_model_and_data(cfg: StudyConfig) -> int:
     """Load the data once (columns, labels, sizes) and check every target-module preset and
     ``lora.modules_to_save`` against the model's layers — on a meta-device model, so no weights
-    are read."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
+    are read. The data and the model path come first: they fail without importing torch."""
     from trainables.data import load_splits
     from trainables.model import apply_pooling, check_model_name, check_modules_to_save, check_target_modules
 
@@ -110,8 +107,12 @@ def _check_model_and_data(cfg: StudyConfig) -> int:
         if isinstance(n, int) and n > n_train:
             where = "search.data.size" if "data.size" in cfg.search else "data.size"
             raise ConfigError(f"{where}: {n} is larger than the train split ({n_train} examples in {raw.source})")
+    model_path = check_model_name(base.model.name)
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     try:
-        mcfg = AutoConfig.from_pretrained(check_model_name(base.model.name), num_labels=len(raw.label_names))
+        mcfg = AutoConfig.from_pretrained(model_path, num_labels=len(raw.label_names))
     except OSError as e:
         raise ConfigError(f"model.name={base.model.name!r}: cannot load ({str(e).splitlines()[0]})") from None
     with torch.device("meta"):

@@ -238,11 +238,17 @@ class RepairCheckpointRecords(Callback):
         verify = getattr(self, "_verify", None)
         if verify is None:
             from trainables.lora import load_checkpoint as verify
+        where = None
         try:
-            with result.checkpoint.as_directory() as d:
-                verify(d)
+            with result.checkpoint.as_directory() as where:
+                verify(where)
         except Exception as e:
-            return (str(e).splitlines() or [type(e).__name__])[0][:200]
+            msg = (str(e).splitlines() or [type(e).__name__])[0]
+            if where:  # name the checkpoint, not the temp copy it was read from
+                msg = msg.replace(f"checkpoint {where}: ", "").replace(str(where), result.checkpoint.path)
+            if msg.startswith("unreadable (") and msg.endswith(")"):  # load_checkpoint's wording
+                msg = msg[len("unreadable ("):-1]
+            return msg[:200]
         return None
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:

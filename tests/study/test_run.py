@@ -281,3 +281,47 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
     pyfunc = mlflow.pyfunc.load_model("models:/lora-study-e2e/1")
     out = pyfunc.predict(__import__("pandas").DataFrame({"text": ["a gorgeous , witty film"]}))
     assert list(out.columns) == ["label", "confidence"] and out["label"][0] in ("negative", "positive")
+
+
+def test_undelivered_mlflow_operations_are_a_nonzero_exit(tmp_path, monkeypatch, capsys):
+    """Issue 18, item 6: MLflow down at the end used to look like success (exit 0, a normal
+    summary) while operations were "NOT delivered" and nothing was registered. The study still
+    prints its summary, then one line saying what MLflow lacks and what to run, and exits 3.
+    (Tuner and MLflow replaced by stand-ins: this is the runner's end-of-study decision.)"""
+    import study.export
+    import study.report
+    import study.run as run
+    import study.tracking
+    from study.config import StudyConfig
+    from study.store import study_paths
+
+    uri = "http://127.0.0.1:9"
+    prep = run.Prepared(StudyConfig(), study_paths("down", str(tmp_path)), False, 10,
+                        {"name": "down", "tracking_uri": uri, "config": {}})
+
+    class Tuner:
+        def fit(self):
+            study.tracking._UNDELIVERED["parent-1"] = 20  # what MLflowTracker.on_experiment_end records
+            return None
+
+    def no_registry(*a, **k):
+        raise ConnectionError("Max retries exceeded")
+
+    summary = {"name": "down", "metric": "accuracy", "wall_s": 1.0, "compute_s": 1.0, "table": [],
+               "trials": {"completed": 2, "pruned": 0, "failed": 0, "unfinished": 0, "total": 2},
+               "best": {"trial_id": "t1", "accuracy": 0.9, "checkpoint": "/x", "params": {}}}
+    monkeypatch.setattr(study.tracking, "start_parent_run", lambda *a, **k: "parent-1")
+    monkeypatch.setattr(study.tracking, "finish_parent_run", lambda *a, **k: False)
+    monkeypatch.setattr(study.report, "summarize", lambda *a, **k: dict(summary))
+    monkeypatch.setattr(study.report, "print_summary", lambda s: print("== summary =="))
+    monkeypatch.setattr(study.export, "log_best_adapter", no_registry)
+    monkeypatch.setattr(run, "_init_ray", lambda address: None)
+    monkeypatch.setattr(run, "_tuner", lambda prep, cls, parent: (Tuner(), None))
+    assert run.execute(prep, None) == run.EXIT_TRACKING == 3
+    out, err = capsys.readouterr()
+    assert "== summary ==" in out
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: MLflow at {uri}: 20 operations (trial runs, metrics) not delivered; "
+                           "the best adapter not registered; parent run parent-1 not closed"), line
+    assert f"python -m study.run --name down --resume --storage {tmp_path} --tracking-uri {uri}" in line
+    assert json.loads((tmp_path / "down" / "summary.json").read_text())["registered_model"] is None

@@ -234,8 +234,9 @@ def lock_study(paths: StudyPaths) -> IO[str]:
             holder = paths.lock_file.read_text().strip() or "another process"
         except OSError:
             holder = "another process"
+        where = "" if paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {paths.storage}"
         raise ConfigError(f"study {paths.name!r} is already running ({holder}); wait for it to end, "
-                          f"or stop it and continue with `python -m study.run --name {paths.name} --resume`")
+                          f"or stop it and continue with `python -m study.run --name {paths.name} --resume{where}`")
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}")

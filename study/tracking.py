@@ -135,6 +135,9 @@ def check_tracking(tracking_uri: str) -> None:
     from .store import file_lock
 
     configure_mlflow_http()
+    retries = logging.getLogger("urllib3.connectionpool")  # one "Retrying …" warning per attempt: the line below says it
+    level = retries.level
+    retries.setLevel(logging.ERROR)
     try:
         if tracking_uri.startswith("sqlite:///"):
             db = Path(tracking_uri[len("sqlite:///"):])
@@ -147,6 +150,8 @@ def check_tracking(tracking_uri: str) -> None:
             _client(tracking_uri).search_experiments(max_results=1)
     except Exception as e:
         raise ConfigError(tracking_problem(tracking_uri, e)) from None
+    finally:
+        retries.setLevel(level)
 
 
 #: parent run id -> MLflow operations still undelivered when the experiment ended in this process.
@@ -284,7 +289,7 @@ def finish_parent_run(
             return True
         except Exception as exc:
             if time.monotonic() >= deadline:
-                logger.error("Could not finish MLflow parent run %s: %s", run_id, exc)
+                logger.error("Could not finish MLflow parent run %s: %s", run_id, (str(exc).splitlines() or [type(exc).__name__])[0][:300])
                 return False
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
 

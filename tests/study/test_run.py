@@ -179,8 +179,6 @@ def test_hostile_and_broken_input_is_one_line_before_ray(row, bad18, capsys, mon
     """Issue 18: every row fails before Ray starts, fast, with one ``error:`` line saying what."""
     import ray
 
-    from study.store import file_lock, study_paths
-
     _, argv, needle = bad18.rows[row]
     monkeypatch.chdir(bad18.tmp)  # relative paths (data/…, models/…) resolve here, where data/ and models/ exist
     monkeypatch.setenv("LORA_STUDY_HOME", str(bad18.tmp))
@@ -190,8 +188,12 @@ def test_hostile_and_broken_input_is_one_line_before_ray(row, bad18, capsys, mon
     if row == "credentials to a study's URI":
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "me")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
-    held = file_lock(study_paths("planted", str(bad18.tmp)).lock_file, blocking=False) if row == "study already running" else None
-    if held is not None:
+    held = None
+    if row == "study already running":  # another driver holds the study's lock (README: .NAME.lock beside the study)
+        import fcntl
+
+        held = open(bad18.tmp / ".planted.lock", "a+")
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 1 on elsewhere")
         held.flush()
     t0 = time.monotonic()

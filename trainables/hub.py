@@ -38,11 +38,11 @@ def check_hub_name(name: str, key: str, repo_type: str = "model") -> None:
     here = Path(os.path.expanduser(name)).resolve()
     parts = Path(name).parts
     if not looks_like_hub_id(name) or (len(parts) > 1 and Path(parts[0]).is_dir()):
-        raise ConfigError(f"{key}={name!r}: no such file or directory ({here})")
+        raise ConfigError(f"{key}={name!r}: cannot load: no such file or directory ({here})")
     if _cached(name, repo_type):
         return
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise ConfigError(f"{key}={name!r}: no such local path ({here}), and HF_HUB_OFFLINE is set")
+        raise ConfigError(f"{key}={name!r}: cannot load: no such local path ({here}), and HF_HUB_OFFLINE is set")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
@@ -51,8 +51,8 @@ def check_hub_name(name: str, key: str, repo_type: str = "model") -> None:
     except GatedRepoError:  # exists; access is the loader's business
         return
     except (RepositoryNotFoundError, HFValidationError):
-        raise ConfigError(f"{key}={name!r}: no such local path ({here}) and no such {repo_type} on the Hugging Face hub") from None
+        raise ConfigError(f"{key}={name!r}: cannot load: no such local path ({here}) and no such {repo_type} on the Hugging Face hub") from None
     except Exception as e:  # offline, DNS, proxy, timeout
         msg = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise ConfigError(f"{key}={name!r}: no such local path ({here}), and the Hugging Face hub is unreachable "
+        raise ConfigError(f"{key}={name!r}: cannot load: no such local path ({here}), and the Hugging Face hub is unreachable "
                           f"({type(e).__name__}: {msg})") from None

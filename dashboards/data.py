@@ -3,11 +3,17 @@
 Why one loader: every figure needs the same few things (trial rows with their evaluation
 histories, the study config, wall-clock timestamps, the Optuna study) and reading Ray's
 experiment directory is the slow part, so it is read once here and the plots stay pure functions
-of this object. The readers are the project's own (``study.store.read_study``,
-``study.report.trial_rows`` / ``summarize``, ``study.searcher.load_optuna_study``): the report
-counts trials and picks the best one exactly as ``summary.json`` does, and it never touches the
-runner's live objects, so it works on a finished study, a running one (no ``summary.json`` yet)
-and an interrupted one alike.
+of this object. The readers are the project's own (``study.store.read_study`` /
+``read_trials``, ``study.report.trial_rows`` / ``summarize``): the report counts trials and
+picks the best one exactly as ``summary.json`` does, and it never touches the runner's live
+objects, so it works on a finished study, a running one (no ``summary.json`` yet) and an
+interrupted one alike.
+
+A report is read-only and must not run code from a study directory: nothing here unpickles.
+Ray's ``ExperimentAnalysis`` would (it ``cloudpickle.loads`` blobs embedded in
+``experiment_state-*.json``) and so would the searcher's ``searcher-state-*.pkl``; the trials are
+read as plain JSON (``study.store.read_trials``) and the Optuna study from the journal the runner
+writes beside ``study.json`` (``optuna-journal.log``, JSON lines), else rebuilt from the trials.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig
-from study.store import StudyPaths, is_remote, read_study
+from study.store import StudyPaths, is_remote, read_study, read_trials, trusted_tracking_uri
 from trainables.config import ConfigError
 
 __all__ = ["StudyData", "Evaluation", "load_study_data", "mlflow_parent_status", "mlflow_reachable_store", "one_line", "quiet_logger", "STATES"]
@@ -66,7 +72,7 @@ class StudyData:
     """Unix time of the newest stored result/experiment snapshot (what a running study's report shows)."""
     optuna_study: Any = None
     optuna_source: str = ""
-    """Where ``optuna_study`` came from ("Ray's searcher state" or "rebuilt from Ray's trials")."""
+    """Where ``optuna_study`` came from ("the study's Optuna journal" or "rebuilt from Ray's trials")."""
     tracking_uri: str | None = None
     parent_status: str | None = None
     """MLflow status of the study's parent run, when MLflow was reachable."""
@@ -155,16 +161,12 @@ def _timeline(experiment: str, metric: str) -> tuple[dict[str, list[dict[str, fl
     from 1) ``timestamp - time_total_s`` is the trial's start up to the rounding; its maximum is
     the tightest estimate, and ``start + time_total_s`` places every result precisely.
     """
-    from ray.tune import ExperimentAnalysis
-
-    analysis = ExperimentAnalysis(experiment)
     out: dict[str, list[dict[str, float]]] = {}
     newest = 0.0
-    for trial in analysis.trials:
-        df = analysis.trial_dataframes.get(trial.trial_id)
-        if df is None or "timestamp" not in getattr(df, "columns", []) or not len(df):
+    for trial in read_trials(experiment):
+        recs = [r for r in trial.results if _num(r.get("timestamp")) is not None]
+        if not recs:
             continue
-        recs = df.to_dict("records")
         runs: list[list[dict[str, Any]]] = []
         for rec in recs:
             if not runs or int(rec.get("iterations_since_restore") or 1) <= 1:
@@ -191,16 +193,17 @@ def _num(v: Any) -> float | None:
 
 
 def _optuna_study(paths: StudyPaths, cfg: StudyConfig, rows: list[dict[str, Any]]) -> tuple[Any, str]:
-    """The Optuna study the searcher kept (PRUNED trials marked as such); rebuilt from Ray's
-    trials when there is none (random search, remote storage, an unreadable pickle)."""
-    if not is_remote(paths.experiment) and any(Path(paths.experiment).glob("searcher-state-*.pkl")):
+    """The Optuna study the searcher kept (PRUNED trials marked as such), from the journal the
+    runner writes (plain JSON lines, never a pickle); rebuilt from Ray's trials when there is none
+    (random search, a study from before the journal existed, an unreadable journal)."""
+    if paths.journal.is_file():
         try:
-            from study.searcher import load_optuna_study
+            from study.searcher import read_optuna_journal
 
-            return load_optuna_study(paths.experiment), "Ray's searcher state (the study TPE used)"
-        except Exception as e:  # a different searcher pickled there (random search): rebuild
-            log.info("no Optuna study in %s (%s); rebuilding from trials", paths.experiment, e)
-    return _rebuild_optuna_study(cfg, rows), "rebuilt from Ray's trials (no Optuna searcher state)"
+            return read_optuna_journal(paths.journal), "the study's Optuna journal (the study TPE used)"
+        except Exception as e:  # a torn or foreign file: rebuild
+            log.info("cannot read the Optuna journal %s (%s); rebuilding from trials", paths.journal, e)
+    return _rebuild_optuna_study(cfg, rows), "rebuilt from Ray's trials (no Optuna journal)"
 
 
 def _rebuild_optuna_study(cfg: StudyConfig, rows: list[dict[str, Any]]) -> Any:
@@ -333,10 +336,13 @@ def load_study_data(name: str, storage: str | None = None, tracking_uri: str | N
     snapshots = [] if is_remote(paths.experiment) else list(Path(paths.experiment).glob("experiment_state-*.json"))
     data_as_of = max([newest] + [p.stat().st_mtime for p in snapshots] + ([paths.summary_json.stat().st_mtime] if finished else []))
     optuna_study, source = _optuna_study(paths, cfg, rows)
-    uri = tracking_uri or record.get("tracking_uri")
+    try:
+        uri, uri_error = trusted_tracking_uri(name, record.get("tracking_uri"), tracking_uri), None
+    except ConfigError as e:  # a study.json must not pick where the user's credentials go
+        uri, uri_error = None, str(e)
     data = StudyData(name=name, paths=paths, record=record, cfg=cfg, rows=rows, summary=summary, finished=finished,
                      evaluations=evaluations, trial_spans=spans, start_time=start_time, data_as_of=data_as_of or time.time(),
                      optuna_study=optuna_study, optuna_source=source, tracking_uri=uri)
     if read_mlflow:
-        data.parent_status, data.mlflow_error = mlflow_parent_status(uri, record.get("parent_run_id"))
+        data.parent_status, data.mlflow_error = (None, uri_error) if uri_error else mlflow_parent_status(uri, record.get("parent_run_id"))
     return data

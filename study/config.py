@@ -171,6 +171,9 @@ class StudyConfig(_Section):
     @classmethod
     def _flat_search(cls, v: Any) -> Any:
         """Overrides arrive nested (``search.lora.r.choice``); re-flatten down to distributions."""
+        if v is None or v == {}:  # `search:` with nothing under it (often: its keys lost their indent)
+            raise ValueError("the block is empty: put at least one trial key under it, e.g. "
+                             "`search: {train.lr: {loguniform: [1e-5, 5e-3]}}`, or remove it to run the fixed config")
         out: dict[str, Any] = {}
 
         def walk(node: Any, prefix: str) -> None:

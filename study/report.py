@@ -27,18 +27,17 @@ def trial_state(status: str, last: dict[str, Any]) -> str:
 
 def trial_rows(experiment_path: str, metric: str = "accuracy", mode: str = "max", searched: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per trial from Ray's stored experiment: params, state, best and last metrics,
-    the history of evaluations, and the best checkpoint's path."""
-    from ray.tune import ExperimentAnalysis
+    the history of evaluations, and the best checkpoint's path. Read with
+    ``study.store.read_trials`` (plain JSON, nothing unpickled): export and the dashboards use this
+    on study directories they must not trust with code."""
+    from .store import read_trials, trial_fs
 
-    analysis = ExperimentAnalysis(experiment_path, default_metric=metric, default_mode=mode)
     rows = []
-    for trial in analysis.trials:
-        df = analysis.trial_dataframes.get(trial.trial_id)
-        history = [] if df is None or metric not in getattr(df, "columns", []) else df[[c for c in _REPORTED if c in df.columns] + ["time_total_s"]].to_dict("records")
+    for trial in read_trials(experiment_path):
+        history = [{k: r[k] for k in (*_REPORTED, "time_total_s") if k in r} for r in trial.results if _score(r.get(metric)) is not None]
         last = trial.last_result or {}
         best = (max if mode == "max" else min)(history, key=lambda h: h[metric]) if history else {}
-        best_ckpt = analysis.get_best_checkpoint(trial, metric, mode) if history else None
-        ckpt = best_ckpt.path if best_ckpt is not None else None
+        ckpt = _best_checkpoint(trial, trial_fs(trial), metric, mode) if history else None
         cfg = trial.config or {}
         rows.append({
             "trial_id": trial.trial_id,
@@ -54,6 +53,20 @@ def trial_rows(experiment_path: str, metric: str = "accuracy", mode: str = "max"
             "time_total_s": last.get("time_total_s"),
         })
     return rows
+
+
+def _score(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
+
+
+def _best_checkpoint(trial: Any, fs_and_path: tuple[Any, str], metric: str, mode: str) -> str | None:
+    """The kept checkpoint whose result scored best (what ``ExperimentAnalysis.get_best_checkpoint``
+    picks among the checkpoints Ray kept: they are the ones still on disk)."""
+    scored = [(path, _score(r.get(metric))) for path, r in trial.checkpoints(*fs_and_path)]
+    scored = [(p, s) for p, s in scored if s is not None]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda ps: ps[1])[0]
 
 
 def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[str, Any]:

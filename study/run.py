@@ -10,7 +10,6 @@ Config → checks (before Ray starts) → space → Tuner (Optuna TPE + ASHA, or
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -24,9 +23,15 @@ import pyarrow.fs
 from trainables.config import ConfigError
 
 from .config import StudyConfig, flat_params, load_study_config
-from .store import LOCAL_ROOT, StudyPaths, now_iso, read_study, study_paths, write_json
+from .store import (LOCAL_ROOT, StudyPaths, is_remote, lock_study, now_iso, read_study, study_paths,
+                    trusted_tracking_uri, write_json)
 
-__all__ = ["main", "build_parser", "prepare", "Prepared"]
+__all__ = ["main", "build_parser", "prepare", "Prepared", "EXIT_OK", "EXIT_FAULT", "EXIT_INPUT", "EXIT_TRACKING", "EXIT_INTERRUPTED"]
+
+#: Exit codes: finished; stopped by a fault (disk full) with its state intact, resumable; bad input
+#: (nothing started); finished, but MLflow did not get everything (``--resume`` delivers it);
+#: interrupted (Ctrl-C or unfinished trials), resumable.
+EXIT_OK, EXIT_FAULT, EXIT_INPUT, EXIT_TRACKING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 log = logging.getLogger("study.run")
 
@@ -63,10 +68,12 @@ _FLAG_KEYS = {
 
 
 class Prepared:
-    """Everything validated and resolved in the driver; nothing has touched Ray yet."""
+    """Everything validated and resolved in the driver; nothing has touched Ray yet. Holds the
+    study's lock (``lock``) for the rest of the driver's life."""
 
-    def __init__(self, cfg: StudyConfig, paths: StudyPaths, resume: bool, n_train: int, record: dict[str, Any]):
-        self.cfg, self.paths, self.resume, self.n_train, self.record = cfg, paths, resume, n_train, record
+    def __init__(self, cfg: StudyConfig, paths: StudyPaths, resume: bool, n_train: int, record: dict[str, Any],
+                 lock: Any = None):
+        self.cfg, self.paths, self.resume, self.n_train, self.record, self.lock = cfg, paths, resume, n_train, record, lock
 
     @property
     def tracking_uri(self) -> str:
@@ -87,12 +94,9 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
 def _check_model_and_data(cfg: StudyConfig) -> int:
     """Load the data once (columns, labels, sizes) and check every target-module preset and
     ``lora.modules_to_save`` against the model's layers — on a meta-device model, so no weights
-    are read."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
+    are read. The data and the model path come first: they fail without importing torch."""
     from trainables.data import load_splits
-    from trainables.model import apply_pooling, check_modules_to_save, check_target_modules, resolve_model_name
+    from trainables.model import apply_pooling, check_model_name, check_modules_to_save, check_target_modules
 
     base = cfg.base_trial()
     raw = load_splits(base.data)
@@ -103,8 +107,12 @@ def _check_model_and_data(cfg: StudyConfig) -> int:
         if isinstance(n, int) and n > n_train:
             where = "search.data.size" if "data.size" in cfg.search else "data.size"
             raise ConfigError(f"{where}: {n} is larger than the train split ({n_train} examples in {raw.source})")
+    model_path = check_model_name(base.model.name)
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     try:
-        mcfg = AutoConfig.from_pretrained(resolve_model_name(base.model.name), num_labels=len(raw.label_names))
+        mcfg = AutoConfig.from_pretrained(model_path, num_labels=len(raw.label_names))
     except OSError as e:
         raise ConfigError(f"model.name={base.model.name!r}: cannot load ({str(e).splitlines()[0]})") from None
     with torch.device("meta"):
@@ -120,35 +128,98 @@ def _check_model_and_data(cfg: StudyConfig) -> int:
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
-    """Validate everything that can be validated without a cluster. Raises ``ConfigError``."""
+    """Validate everything that can be validated without a cluster and take the study's lock.
+    Raises ``ConfigError``."""
     flags = {key: getattr(args, a) for a, key in _FLAG_KEYS.items() if getattr(args, a) is not None}
     if args.resume:
-        if not args.name:
-            raise ConfigError("--resume needs --name NAME (the study to continue)")
-        paths, record = read_study(args.name, args.storage)
-        if args.config or args.set:
-            log.warning("--resume continues the study with its stored config; --config/--set are ignored")
-        cfg = StudyConfig.model_validate(record["config"])
-        record["tracking_uri"] = args.tracking_uri or record["tracking_uri"]
-        n_train = record.get("n_train", 0)
-        return Prepared(cfg, paths, True, n_train, record)
+        return _prepare_resume(args, flags)
     if not args.config:
         raise ConfigError("--config FILE is required (or --name NAME --resume to continue a study)")
     cfg = _absolutize(load_study_config(args.config, args.set, flags))
     name = args.name or cfg.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
-    paths = study_paths(name, cfg.storage.path)
-    if paths.study_json.exists() or (not "://" in paths.storage and Path(paths.experiment, "tuner.pkl").exists()):
-        raise ConfigError(
-            f"study {name!r} already exists in {paths.local}: continue it with "
-            f"`python -m study.run --name {name} --resume`, or pick another --name"
-        )
-    n_train = _check_model_and_data(cfg)
-    tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if '://' not in paths.storage else paths.local.parent) / 'mlflow.db'}"
+    paths = study_paths(name, cfg.storage.path)  # validates the name
+    lock = lock_study(paths)  # before the existence check: two drivers cannot both pass it
+    try:
+        if paths.study_json.exists() or (not is_remote(paths.storage) and Path(paths.experiment, "tuner.pkl").exists()):
+            raise ConfigError(
+                f"study {name!r} already exists in {paths.local}: continue it with "
+                f"`python -m study.run --name {name} --resume`, or pick another --name"
+            )
+        n_train = _check_model_and_data(cfg)
+        tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
+        _check_tracking(tracking)
+    except BaseException:
+        lock.close()
+        raise
     record = {"name": name, "config": cfg.model_dump(mode="json"), "storage": paths.storage, "tracking_uri": tracking,
               "n_train": n_train, "created": now_iso(), "config_file": str(args.config)}
-    return Prepared(cfg, paths, False, n_train, record)
+    return Prepared(cfg, paths, False, n_train, record, lock)
+
+
+def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared:
+    """``--resume``: the stored config, the stored storage (checked, see :func:`_resume_storage`),
+    a tracking URI the user's credentials may go to, and the lock."""
+    if not args.name:
+        raise ConfigError("--resume needs --name NAME (the study to continue)")
+    paths, record = read_study(args.name, args.storage)  # validates the name
+    paths = _resume_storage(paths, record, args.storage)
+    lock = lock_study(paths)
+    try:
+        if args.config or args.set:
+            log.warning("--resume continues the study with its stored config; --config/--set are ignored")
+        try:
+            cfg = StudyConfig.model_validate(record["config"])
+        except Exception as e:
+            raise ConfigError(f"{paths.study_json}: not a lora-study record ({type(e).__name__})") from None
+        _check_resume_flags(flags, cfg)
+        record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
+        _check_tracking(record["tracking_uri"])
+    except BaseException:
+        lock.close()
+        raise
+    return Prepared(cfg, paths, True, record.get("n_train", 0), record, lock)
+
+
+def _resume_storage(paths: StudyPaths, record: dict[str, Any], given: str | None) -> StudyPaths:
+    """Where ``--resume`` restores Ray's experiment from (and so unpickles ``tuner.pkl`` from).
+
+    A local study is resumed where its ``study.json`` was found — never where the file says it
+    lives — so a study directory cannot send ``--resume`` to unpickle files elsewhere (and a moved
+    study resumes in its new place). A study on remote storage is resumed only from the storage
+    the user names with ``--storage``."""
+    stored = str(record.get("storage") or "")
+    if not is_remote(stored):
+        here = str(paths.local.parent)
+        if stored and Path(stored) != Path(here):
+            log.info("study %s was recorded under %s; resuming it where it is now, %s", paths.name, stored, here)
+        record["storage"] = here
+        return StudyPaths(paths.name, paths.local, here)
+    if given != stored:
+        raise ConfigError(f"study {paths.name!r} keeps its Ray experiment at {stored}: resume it with "
+                          f"`python -m study.run --name {paths.name} --resume --storage {stored}`")
+    return paths
+
+
+#: Flags a resumed study cannot take: Ray restores the trial count, concurrency and resources from
+#: its own pickled state (``SearchGenerator`` total, ``tuner.pkl``), whatever the Tuner is told.
+_FIXED_ON_RESUME = ("study.num_samples", "study.max_concurrent", "resources.cpus_per_trial",
+                    "resources.gpus_per_trial", "study.time_budget_s")
+
+
+def _check_resume_flags(flags: dict[str, Any], cfg: StudyConfig) -> None:
+    """A flag that would change the study on ``--resume`` is refused (it could not be honoured)."""
+    stored = flat_params(cfg)
+    for key in _FIXED_ON_RESUME:
+        if key in flags and flags[key] != stored.get(key):
+            flag = "--" + next(a for a, k in _FLAG_KEYS.items() if k == key).replace("_", "-")
+            raise ConfigError(f"{flag} {flags[key]}: a resumed study keeps its stored {key}={stored.get(key)} "
+                              f"(Ray restores it from the study's own state); drop {flag}, or start a new study")
+
+
+def _check_tracking(uri: str) -> None:
+    from .tracking import check_tracking
+
+    check_tracking(uri)
 
 
 # --------------------------------------------------------------------------- execution
@@ -161,6 +232,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     from trainables.lora import train
 
     from . import searcher as S
+    from .atomic_fs import AtomicLocalFS, DiskFullWatch
     from .space import param_space
     from .strategy import build_strategy
     from .tracking import MLflowTracker
@@ -168,7 +240,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     cfg = prep.cfg
     res = cfg.resources
     trainable = tune.with_resources(train, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    storage_fs = None if "://" in prep.paths.storage else pyarrow.fs.PyFileSystem(AtomicLocalFS())
+    storage_fs = None if is_remote(prep.paths.storage) else pyarrow.fs.PyFileSystem(AtomicLocalFS())
     if prep.resume:
         return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
                                   storage_filesystem=storage_fs), None
@@ -177,6 +249,9 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     search_alg, scheduler, callbacks = strategy.searcher, strategy.scheduler, list(strategy.callbacks)
     fixed = {k: v for k, v in param_space(cfg, threads).items() if k not in cfg.search}
     metric, mode = cfg.study.metric, cfg.study.mode
+    callbacks.insert(0, DiskFullWatch(prep.paths.storage))
+    if cfg.search:
+        callbacks.append(S.OptunaJournalCallback(search_alg, prep.paths.journal))
     callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler if hasattr(scheduler, "was_pruned") else None))
     callbacks.append(S.RepairCheckpointRecords())
     tune_config = tune.TuneConfig(
@@ -197,98 +272,6 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     return tune.Tuner(trainable, param_space=fixed, tune_config=tune_config, run_config=run_config), scheduler
 
 
-class AtomicLocalFS(pyarrow.fs.FileSystemHandler):
-    """Local storage for Ray whose file writes are atomic: a temp file renamed into place on close.
-
-    Ray 2.60 persists an experiment by copying its staging dir (in the Ray session dir) over the
-    storage dir, rewriting ``experiment_state-*.json``, the searcher/callback state and every
-    trial's ``result.json``/``progress.csv`` in place. A driver killed during such a copy leaves
-    truncated files: an empty ``experiment_state`` makes ``Tuner.restore`` log "Failed to
-    restore the run state" and start over with no trials (the study then "finishes" with only
-    the trials suggested after the crash), a truncated ``result.json`` loses the trial's earlier
-    results. Likewise a checkpoint Ray was deleting is left without some of its files. With this
-    handler every file is either its old or its new version and a directory is deleted by first
-    renaming it away. Use it as ``pyarrow.fs.PyFileSystem(AtomicLocalFS())``; it is pickled to the
-    workers with the storage context, so they write checkpoint files the same way. A crash can
-    leave hidden ``.NAME.tmp-*`` files or dirs behind; nothing reads them.
-    """
-
-    def __init__(self) -> None:
-        self.fs = pyarrow.fs.LocalFileSystem()
-
-    def get_type_name(self) -> str:
-        return "atomic-local"
-
-    def equals(self, other: Any) -> bool:
-        return isinstance(other, AtomicLocalFS)
-
-    def normalize_path(self, path: str) -> str:
-        return self.fs.normalize_path(path)
-
-    def get_file_info(self, paths: list[str]) -> list:
-        return self.fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector: Any) -> list:
-        return self.fs.get_file_info(selector)
-
-    def create_dir(self, path: str, recursive: bool) -> None:
-        self.fs.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path: str) -> None:
-        # rename first: a checkpoint Ray deletes is gone at once, never left half-deleted
-        tmp = _tmp_name(path)
-        os.rename(path, tmp)
-        self.fs.delete_dir(tmp)
-
-    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self) -> None:
-        raise OSError("AtomicLocalFS: refusing to delete the contents of /")
-
-    def delete_file(self, path: str) -> None:
-        self.fs.delete_file(path)
-
-    def move(self, src: str, dest: str) -> None:
-        self.fs.move(src, dest)
-
-    def copy_file(self, src: str, dest: str) -> None:
-        tmp = _tmp_name(dest)
-        self.fs.copy_file(src, tmp)
-        os.replace(tmp, dest)
-
-    def open_input_stream(self, path: str) -> Any:
-        return self.fs.open_input_stream(path)
-
-    def open_input_file(self, path: str) -> Any:
-        return self.fs.open_input_file(path)
-
-    def open_output_stream(self, path: str, metadata: Any) -> Any:
-        import pyarrow
-
-        return pyarrow.PythonFile(_RenameOnClose(path), mode="w")
-
-    def open_append_stream(self, path: str, metadata: Any) -> Any:
-        return self.fs.open_append_stream(path, metadata=metadata)
-
-
-def _tmp_name(path: str) -> str:
-    """A hidden sibling (never matches Ray's ``experiment_state-*.json`` & co.)."""
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-
-
-class _RenameOnClose(io.FileIO):
-    def __init__(self, path: str) -> None:
-        self._final, self._tmp = path, _tmp_name(path)
-        super().__init__(self._tmp, "wb")
-
-    def close(self) -> None:
-        if not self.closed:
-            super().close()
-            os.replace(self._tmp, self._final)
-
-
 def _trial_dirname(trial: Any) -> str:
     """Short trial dirs (Ray's default spells out every config key and overflows path limits)."""
     return f"trial_{trial.trial_id}"
@@ -307,21 +290,30 @@ def _init_ray(address: str | None) -> None:
 
 
 def execute(prep: Prepared, address: str | None) -> int:
+    from .atomic_fs import DiskFullError
     from .report import summarize, print_summary
-    from .tracking import MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run
+    from .tracking import (MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run,
+                           tracking_problem, undelivered_operations)
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # snapshots per report are intended: nothing lost on a crash
     configure_mlflow_http()
     cfg, paths = prep.cfg, prep.paths
     experiment = cfg.mlflow.experiment or paths.name
-    parent = start_parent_run(prep.tracking_uri, experiment, paths.name, flat_params(cfg),
-                              tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
+    try:
+        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, flat_params(cfg),
+                                  tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
+    except Exception as e:  # checked in prepare(); the server can still go away in between
+        print(f"error: {tracking_problem(prep.tracking_uri, e)}", file=sys.stderr)
+        return EXIT_INPUT
     prep.record["parent_run_id"] = parent
     prep.record["experiment"] = experiment
     prep.record.setdefault("started", [])
     prep.record["started"] = list(prep.record["started"]) + [now_iso()]
-    write_json(paths.study_json, prep.record)
+    try:
+        write_json(paths.study_json, prep.record)
+    except OSError as e:
+        return _stop_on_full_disk(prep, parent, e)
     print(f"study {paths.name}: {cfg.study.num_samples} trials, results in {paths.experiment}, MLflow {prep.tracking_uri} (experiment {experiment})", flush=True)
     _init_ray(address)
     t0 = time.time()
@@ -332,27 +324,88 @@ def execute(prep: Prepared, address: str | None) -> int:
         results = tuner.fit()
     except KeyboardInterrupt:
         interrupted, results = True, None
+    except DiskFullError as e:
+        prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
+        return _stop_on_full_disk(prep, parent, e)
     wall = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
     prep.record["wall_s"] = wall
-    write_json(paths.study_json, prep.record)
+    try:
+        write_json(paths.study_json, prep.record)
+    except OSError as e:
+        return _stop_on_full_disk(prep, parent, e)
     summary = summarize(paths, prep.record, results)
     if interrupted or summary["trials"]["unfinished"] > 0:
         finish_parent_run(prep.tracking_uri, parent, status="KILLED", summary={"interrupted": True})
-        print(f"\nstudy {paths.name} interrupted; resume with:\n  python -m study.run --name {paths.name} --resume"
-              + ("" if paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {paths.storage}"), flush=True)
-        return 130
+        print(f"\nstudy {paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
+        return EXIT_INTERRUPTED
+    if summary.get("best"):
+        summary["registered_model"] = _register_best(prep, parent, summary)
+    undelivered = undelivered_operations(parent)
+    try:
+        write_json(paths.summary_json, summary)
+    except OSError as e:
+        return _stop_on_full_disk(prep, parent, e)
+    closed = finish_parent_run(prep.tracking_uri, parent, status="FINISHED", summary=_parent_summary(summary),
+                               timeout_s=5.0 if undelivered else 60.0)
+    print_summary(summary)
+    missing = ([f"{undelivered} operations (trial runs, metrics) not delivered"] if undelivered else []) \
+        + (["the best adapter not registered"] if summary.get("best") and not summary.get("registered_model") else []) \
+        + ([f"parent run {parent} not closed"] if not closed else [])
+    if missing:
+        print(f"error: MLflow at {prep.tracking_uri}: {'; '.join(missing)}. The results are complete in "
+              f"{paths.experiment}; when MLflow is reachable, run `{_resume_command(prep)}` to deliver them", file=sys.stderr, flush=True)
+        return EXIT_TRACKING
+    return EXIT_OK
+
+
+def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Log and register the best adapter — unless ``summary.json`` already names a registration
+    of this same checkpoint (``--resume`` of a finished study must not add a duplicate version)."""
     from .export import log_best_adapter
 
-    if summary.get("best"):
-        try:
-            summary["registered_model"] = log_best_adapter(prep.tracking_uri, parent, summary, cfg.mlflow.registered_model or f"lora-study-{paths.name}", paths)
-        except Exception as e:  # the study's results stand even if the registry is unreachable
-            log.error("could not log/register the best adapter: %s", e)
-            summary["registered_model"] = None
-    write_json(paths.summary_json, summary)
-    finish_parent_run(prep.tracking_uri, parent, status="FINISHED", summary=_parent_summary(summary))
-    print_summary(summary)
-    return 0
+    try:
+        before = json.loads(prep.paths.summary_json.read_text()) if prep.paths.summary_json.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        before = {}
+    reg, best_before = before.get("registered_model"), before.get("best") or {}
+    if reg and best_before.get("trial_id") == summary["best"]["trial_id"] and best_before.get("checkpoint") == summary["best"]["checkpoint"]:
+        log.info("best adapter already registered as %s; not registering it again", reg.get("uri"))
+        return reg
+    try:
+        return log_best_adapter(prep.tracking_uri, parent, summary, prep.cfg.mlflow.registered_model or f"lora-study-{prep.paths.name}", prep.paths)
+    except Exception as e:  # the study's results stand even if the registry is unreachable
+        log.error("could not log/register the best adapter: %s", (str(e).splitlines() or [type(e).__name__])[0][:300])
+        return None
+
+
+def _resume_command(prep: Prepared) -> str:
+    """The command that continues this study (with the storage and tracking URI it needs)."""
+    from .store import is_local_tracking_uri
+
+    cmd = f"python -m study.run --name {prep.paths.name} --resume"
+    if prep.paths.storage != str(LOCAL_ROOT.resolve()):
+        cmd += f" --storage {prep.paths.storage}"
+    if not is_local_tracking_uri(prep.tracking_uri):
+        cmd += f" --tracking-uri {prep.tracking_uri}"
+    return cmd
+
+
+def _stop_on_full_disk(prep: Prepared, parent: str, err: OSError) -> int:
+    """The study stopped on a full disk: one line saying where, how much room, and what to run."""
+    from .atomic_fs import _is_enospc
+    from .tracking import finish_parent_run
+
+    if not _is_enospc(err):
+        raise err
+    try:
+        write_json(prep.paths.study_json, prep.record)
+    except OSError:
+        pass  # the previous study.json stays (atomic write)
+    finish_parent_run(prep.tracking_uri, parent, status="KILLED", summary={"interrupted": True}, timeout_s=2.0)
+    where = str(err) if "disk full" in str(err) else f"disk full under {prep.paths.storage} ({err.strerror})"
+    print(f"error: {where}; the study stopped and its stored state is intact. Free space, then continue it with "
+          f"`{_resume_command(prep)}`", file=sys.stderr, flush=True)
+    return EXIT_FAULT
 
 
 def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -369,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         prep = prepare(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     return execute(prep, args.address)
 
 

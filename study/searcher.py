@@ -86,10 +86,12 @@ __all__ = [
     "RecordingASHAScheduler",
     "SchedulerStateCallback",
     "RepairCheckpointRecords",
+    "OptunaJournalCallback",
     "make_searcher",
     "make_scheduler",
     "get_optuna_study",
     "load_optuna_study",
+    "read_optuna_journal",
     "save_optuna_study",
 ]
 
@@ -179,10 +181,10 @@ class SchedulerStateCallback(Callback):
 
 
 class RepairCheckpointRecords(Callback):
-    """After a driver crash, make every restored trial resume from a checkpoint that exists and
-    that its stored history reaches, so that no result goes missing.
+    """Make every trial resume from a checkpoint that exists, that can be read, and that its
+    stored history reaches, so that no result goes missing and no trial fails on a bad checkpoint.
 
-    Two windows of Ray 2.60 leave a snapshot whose latest checkpoint cannot be resumed as is:
+    Three ways Ray 2.60 can be left holding a latest checkpoint that cannot be resumed as is:
 
     * *gone*: with ``CheckpointConfig(num_to_keep, checkpoint_score_attribute)`` Ray deletes a
       trial's previous checkpoint as soon as a newer one registers unless it is among the best
@@ -194,71 +196,154 @@ class RepairCheckpointRecords(Callback):
     * *ahead*: a snapshot copies the driver's staging dir to storage file by file, in parallel,
       ``experiment_state-*.json`` (which names each trial's latest checkpoint) among them.  A
       driver killed during that copy can leave the new state beside a trial's *previous*
-      ``result.json``; the trial would resume after evaluations its history never got (seen
-      as a 288-sample gap in ``test_three_random_driver_kills``).
+      ``result.json``; the trial would resume after evaluations its history never got.
+    * *torn*: a checkpoint whose files cannot be read (truncated by a crash outside our atomic
+      writes, a disk error, a hand edit).  Ray would hand it to the trainable on every restart
+      and the trial would FAIL with an error naming a temp dir.
 
-    This runs once per driver, at the first step, before any restored trial is scheduled:
-    records of missing checkpoints are dropped, and a latest checkpoint that is gone or beyond
-    the last ``progress_attr`` in the trial's restored ``result.json`` falls back to the newest
-    remaining checkpoint that history reaches (none: the trial restarts from scratch under its
-    own id).  The trainable resumes exactly, so evaluations it reports again repeat the same
-    values.
+    The trial's history is its ``result.json`` *on storage* (``trial.path`` on the storage
+    filesystem): after a driver crash the staging copy under ``trial.local_path`` belonged to the
+    crashed run's Ray session and is gone, which made every unfinished trial restart from
+    scratch.  Checked once per driver at the first step, before any restored trial is scheduled
+    (all three), and whenever Ray is about to restart a failed trial (``on_trial_recover``: gone
+    and torn).  The newest checkpoint that passes becomes the latest; a torn one is renamed to a
+    hidden ``.torn-…`` dir so nothing picks it as a "best" checkpoint later; none left: the trial
+    restarts from scratch under its own id.  One log line per repaired trial says which and why.
+    The trainable resumes exactly, so evaluations it reports again repeat the same values.
     """
 
-    def __init__(self, progress_attr: str = "samples_seen") -> None:
+    def __init__(self, progress_attr: str = "samples_seen", verify: Any = None) -> None:
         self._checked = False
         self._attr = progress_attr
+        self._verify = verify
 
     def _recorded(self, trial: Any) -> float:
         """How far the trial's stored history goes (``-1``: no result.json, nothing recorded)."""
-        last = -1.0
+        text = ""
         try:
-            with open(Path(trial.local_path) / "result.json") as f:
-                for line in f:
-                    try:
-                        last = max(last, float(json.loads(line)[self._attr]))
-                    except (ValueError, KeyError, TypeError):  # a torn last line, a foreign row
-                        continue
-        except OSError:
+            with trial.storage.storage_filesystem.open_input_stream(f"{trial.path}/result.json") as f:
+                text = f.readall().decode("utf-8", "replace")
+        except Exception:  # no result.json yet (a trial that never reported)
             pass
+        last = -1.0
+        for line in text.splitlines():
+            try:
+                last = max(last, float(json.loads(line)[self._attr]))
+            except (ValueError, KeyError, TypeError):  # a torn last line, a foreign row
+                continue
         return last
+
+    def _unreadable(self, result: Any) -> str | None:
+        """Why a checkpoint cannot be resumed from (``None``: it loads)."""
+        verify = getattr(self, "_verify", None)
+        if verify is None:
+            from trainables.lora import load_checkpoint as verify
+        where = None
+        try:
+            with result.checkpoint.as_directory() as where:
+                verify(where)
+        except Exception as e:
+            msg = (str(e).splitlines() or [type(e).__name__])[0]
+            if where:  # name the checkpoint, not the temp copy it was read from
+                msg = msg.replace(f"checkpoint {where}: ", "").replace(str(where), result.checkpoint.path)
+            if msg.startswith("unreadable (") and msg.endswith(")"):  # load_checkpoint's wording
+                msg = msg[len("unreadable ("):-1]
+            return msg[:200]
+        return None
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self._checked:
             return
         self._checked = True
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR"):
+                self._repair(trial, self._recorded(trial), "driver crash")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._repair(trial, float("inf"), "trial restart")
+
+    def _repair(self, trial: Any, recorded: float, when: str) -> None:
         from ray.train._internal.storage import _exists_at_fs_path
 
         def gone(r: Any) -> bool:
             return not _exists_at_fs_path(r.checkpoint.filesystem, r.checkpoint.path)
 
-        for trial in trials:
-            manager = trial.run_metadata.checkpoint_manager
-            latest = manager._latest_checkpoint_result
-            kept = [r for r in manager._checkpoint_results if not gone(r)]
-            manager._checkpoint_results = kept
-            if latest is None or trial.status == "TERMINATED":
-                continue
-            recorded = self._recorded(trial)
+        def progress(r: Any) -> float:
+            return float(r.metrics.get(self._attr, 0))
 
-            def ahead(r: Any) -> bool:
-                return float(r.metrics.get(self._attr, 0)) > recorded
-
-            if gone(latest):
+        manager = trial.run_metadata.checkpoint_manager
+        latest = manager._latest_checkpoint_result
+        manager._checkpoint_results = [r for r in manager._checkpoint_results if not gone(r)]
+        if latest is None:
+            return
+        candidates = sorted({id(r): r for r in [latest, *manager._checkpoint_results]}.values(), key=progress, reverse=True)
+        skipped: list[str] = []
+        chosen = None
+        for r in candidates:
+            if gone(r):
                 why = "is gone"
-            elif ahead(latest):
+            elif progress(r) > recorded:
                 why = f"is beyond its stored results ({self._attr} {recorded:g})"
             else:
-                continue
-            fallback = max((r for r in kept if not ahead(r)), key=lambda r: r.metrics.get(self._attr, 0), default=None)
-            manager._latest_checkpoint_result = fallback
-            logger.warning(
-                "Trial %s: latest checkpoint %s %s (driver crash); resuming from %s.",
-                trial.trial_id,
-                latest.checkpoint.path,
-                why,
-                fallback.checkpoint.path if fallback else "scratch",
-            )
+                bad = self._unreadable(r)
+                if bad is None:
+                    chosen = r
+                    break
+                why = f"is unreadable ({bad})"
+                self._set_aside(r)
+                manager._checkpoint_results = [x for x in manager._checkpoint_results if x is not r]
+            skipped.append(f"{Path(r.checkpoint.path).name} {why}")
+        if chosen is latest:
+            return
+        manager._latest_checkpoint_result = chosen
+        logger.warning(
+            "Trial %s: latest checkpoint %s (%s); resuming from %s.",
+            trial.trial_id,
+            "; ".join(skipped),
+            when,
+            chosen.checkpoint.path if chosen else "scratch",
+        )
+
+    @staticmethod
+    def _set_aside(result: Any) -> None:
+        """Rename a torn checkpoint to a hidden sibling: kept for a post-mortem, never read."""
+        fs, path = result.checkpoint.filesystem, result.checkpoint.path
+        head, tail = path.rsplit("/", 1)
+        try:
+            fs.move(path, f"{head}/.torn-{tail}")
+        except Exception as e:  # read-only storage: leave it, the record is dropped anyway
+            logger.info("Could not set aside torn checkpoint %s: %s", path, e)
+
+
+class OptunaJournalCallback(Callback):
+    """Keep the searcher's Optuna study in an Optuna journal file while the study runs.
+
+    The study TPE uses lives only in Ray's pickled searcher state, which nothing read-only should
+    unpickle.  After every finished trial (and at the end) this writes it to ``path`` with
+    :func:`save_optuna_study` (atomic replace): ``optuna-dashboard PATH`` opens it with no code,
+    and the report reads it as JSON lines.  Pickled in ``tuner.pkl`` together with the searcher,
+    so after a restore it still sees the searcher the Tuner uses.  A failed write is a warning:
+    the journal is a view, never a reason to stop a study.
+    """
+
+    def __init__(self, searcher: Any, path: str | os.PathLike) -> None:
+        self.searcher = searcher
+        self.path = Path(path)
+
+    def _save(self) -> None:
+        try:
+            save_optuna_study(self.searcher, self.path)
+        except Exception as e:
+            logger.warning("Could not write the Optuna journal %s: %s", self.path, (str(e).splitlines() or [""])[0][:200])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._save()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._save()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._save()
 
 
 class PrunedFeedbackOptunaSearch(OptunaSearch):
@@ -467,12 +552,28 @@ def get_optuna_study(searcher: Any) -> optuna.Study:
 def load_optuna_study(experiment_path: str | os.PathLike) -> optuna.Study:
     """The Optuna study from a (local) Tune experiment dir's ``searcher-state-*.pkl``.
 
-    Useful after ``Tuner.restore`` / for dashboards, where the live searcher
-    object is not at hand.
+    This *unpickles*: only for an experiment this process trusts (its own, e.g. in tests or right
+    after ``Tuner.restore``). Read-only tools use :func:`read_optuna_journal` instead.
     """
     searcher = OptunaSearch()
     searcher.restore_from_dir(str(experiment_path))
     return get_optuna_study(searcher)
+
+
+def read_optuna_journal(path: str | os.PathLike) -> optuna.Study:
+    """The study in an Optuna journal file written by :func:`save_optuna_study`, copied into
+    memory: the journal is JSON lines, so reading it runs no code and leaves the file as it was."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    summaries = storage.get_all_studies()
+    if len(summaries) != 1:
+        raise ValueError(f"{path}: expected one study, found {len(summaries)}")
+    name = summaries[0].study_name
+    memory = optuna.storages.InMemoryStorage()
+    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=memory)
+    return optuna.load_study(study_name=name, storage=memory)
 
 
 def save_optuna_study(

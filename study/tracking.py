@@ -62,6 +62,9 @@ from trainables.config import flatten
 
 __all__ = [
     "MLflowTracker",
+    "check_tracking",
+    "tracking_problem",
+    "undelivered_operations",
     "configure_mlflow_http",
     "flatten_params",
     "start_parent_run",
@@ -102,6 +105,64 @@ def configure_mlflow_http(timeout_s: int = 5, max_retries: int = 1) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def tracking_problem(tracking_uri: str, exc: BaseException) -> str:
+    """One line for an MLflow store that cannot be used: unauthorised (401), forbidden (403),
+    or unreachable, with what to do about it."""
+    msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    code = str(getattr(exc, "error_code", "") or "")
+    if code == "UNAUTHENTICATED" or "error code 401" in msg:
+        return (f"MLflow at {tracking_uri} answered 401 Unauthorized: set MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for it, or pass another --tracking-uri")
+    if code == "PERMISSION_DENIED" or "error code 403" in msg:
+        return f"MLflow at {tracking_uri} answered 403 Forbidden: your MLflow user may not create experiments and runs there"
+    if len(msg) > 200:
+        msg = msg[:199] + "…"
+    return f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__}: {msg}); start it, or pass another --tracking-uri"
+
+
+def check_tracking(tracking_uri: str) -> None:
+    """One request to the tracking store before any Ray work starts; a problem is a one-line
+    ``ConfigError`` (:func:`tracking_problem`) instead of a traceback from the first MLflow call.
+
+    A ``sqlite:///`` store is created (or migrated) here, under an exclusive lock on ``<db>.lock``
+    beside it: MLflow's first use of a fresh database runs its schema migrations, and two studies
+    starting at once on one store both ran them (the loser crashed with ``duplicate column name:
+    step``). Once migrated, concurrent use is sqlite's own business."""
+    from trainables.config import ConfigError
+
+    from .store import file_lock
+
+    configure_mlflow_http()
+    retries = logging.getLogger("urllib3.connectionpool")  # one "Retrying …" warning per attempt: the line below says it
+    level = retries.level
+    retries.setLevel(logging.ERROR)
+    try:
+        if tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri[len("sqlite:///"):])
+            lock = file_lock(db.with_name(db.name + ".lock"))
+            try:
+                MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+            finally:
+                lock.close()
+        else:
+            _client(tracking_uri).search_experiments(max_results=1)
+    except Exception as e:
+        raise ConfigError(tracking_problem(tracking_uri, e)) from None
+    finally:
+        retries.setLevel(level)
+
+
+#: parent run id -> MLflow operations still undelivered when the experiment ended in this process.
+_UNDELIVERED: dict[str, int] = {}
+
+
+def undelivered_operations(parent_run_id: str) -> int:
+    """How many operations the tracker of ``parent_run_id`` could not deliver by the end of
+    ``Tuner.fit`` in this process (0 if it delivered everything). The runner turns a non-zero
+    count into a non-zero exit: a finished study whose runs MLflow never got is not a success."""
+    return _UNDELIVERED.get(parent_run_id, 0)
 
 
 def flatten_params(config: dict) -> dict[str, str]:
@@ -228,7 +289,7 @@ def finish_parent_run(
             return True
         except Exception as exc:
             if time.monotonic() >= deadline:
-                logger.error("Could not finish MLflow parent run %s: %s", run_id, exc)
+                logger.error("Could not finish MLflow parent run %s: %s", run_id, (str(exc).splitlines() or [type(exc).__name__])[0][:300])
                 return False
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
 
@@ -324,7 +385,9 @@ class MLflowTracker(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._pending.append(("sweep", None, None))
-        if not self.flush(self.final_flush_timeout_s):
+        delivered = self.flush(self.final_flush_timeout_s)
+        _UNDELIVERED[self.parent_run_id] = len(self._pending)
+        if not delivered:
             logger.error(
                 "MLflow still unreachable at experiment end: %d operations for parent "
                 "run %s were NOT delivered (kept in the callback state for a restore).",

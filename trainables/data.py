@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import ConfigError, DataConfig
+from .hub import check_hub_name, looks_like_hub_id
 
 __all__ = [
     "DataError",
@@ -91,6 +93,7 @@ def read_table(path: Path, text_column: str | None = None) -> Any:
     import pandas as pd
 
     suffix = path.suffix.lower()
+    _check_unique_columns(path, suffix)
     try:
         if suffix == ".tsv":
             return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
@@ -108,6 +111,39 @@ def read_table(path: Path, text_column: str | None = None) -> Any:
     raise DataError(f"{path}: unsupported file type {suffix!r} (use one of {', '.join(_EXTS)})")
 
 
+def _header(path: Path, suffix: str) -> list[str]:
+    """Column names exactly as the file spells them (pandas renames a repeated ``label`` to
+    ``label.1`` and would silently read the first one)."""
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        first = f.readline()
+    if suffix == ".tsv":
+        return first.rstrip("\r\n").split("\t")
+    if suffix == ".csv":
+        return next(csv.reader([first]), [])
+    if suffix == ".jsonl" and first.strip():
+        import json
+
+        try:
+            return [k for k, _ in json.loads(first, object_pairs_hook=lambda pairs: pairs)]
+        except (ValueError, TypeError):
+            return []  # not one object per line: pandas reports it below
+    return []
+
+
+def _check_unique_columns(path: Path, suffix: str) -> None:
+    try:
+        names = _header(path, suffix)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise DataError(f"{path}: duplicate column names {dups} (columns: {', '.join(names)}); rename them")
+
+
 def _find_split(directory: Path, names: Sequence[str]) -> Path | None:
     for name in names:
         for ext in _EXTS:
@@ -117,7 +153,41 @@ def _find_split(directory: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
+#: Label cells that mean "no label" (pandas' NA spellings, minus "None", which can name a class).
+_NA_LABELS = {"", "nan", "-nan", "na", "n/a", "#n/a", "null", "<na>"}
+
+
+def _rows(idx: list[int]) -> str:
+    """``rows 3, 17, 42, …`` (data rows counted from 1, the header not included)."""
+    head = ", ".join(str(i + 1) for i in idx[:5])
+    return f"row{'s' if len(idx) > 1 else ''} {head}{', …' if len(idx) > 5 else ''}"
+
+
+def _missing_text(t: Any) -> bool:
+    if isinstance(t, str):
+        return not t.strip()
+    return t is None or (isinstance(t, float) and t != t) or _is_na(t)
+
+
+def _missing_label(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in _NA_LABELS
+    return v is None or (isinstance(v, (float, np.floating)) and v != v) or _is_na(v)
+
+
+def _is_na(v: Any) -> bool:
+    import pandas as pd
+
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # list-like cells
+        return False
+
+
 def _columns(df: Any, cfg: DataConfig, where: str) -> tuple[list[str], list[Any]]:
+    """Texts and raw labels of one split. Refused, one line naming file, column and row count:
+    empty or missing texts (they would train on the string "nan" or nothing) and missing labels
+    (a NaN label would become a class of its own). Texts longer than ``_max_chars(cfg)`` are cut."""
     for col in (cfg.text_column, cfg.label_column):
         if col not in df.columns:
             raise DataError(
@@ -126,8 +196,35 @@ def _columns(df: Any, cfg: DataConfig, where: str) -> tuple[list[str], list[Any]
             )
     if len(df) == 0:
         raise DataError(f"{where}: split is empty")
-    texts = [str(t) for t in df[cfg.text_column].tolist()]
-    return texts, df[cfg.label_column].tolist()
+    raw_texts, labels = df[cfg.text_column].tolist(), df[cfg.label_column].tolist()
+    bad = [i for i, t in enumerate(raw_texts) if _missing_text(t)]
+    if bad:
+        raise DataError(f"{where}: column {cfg.text_column!r} has {len(bad)} empty or missing texts of {len(df)} "
+                        f"({_rows(bad)}); remove those rows or fill them in")
+    bad = [i for i, v in enumerate(labels) if _missing_label(v)]
+    if bad:
+        raise DataError(f"{where}: column {cfg.label_column!r} has {len(bad)} missing labels of {len(df)} "
+                        f"({_rows(bad)}); remove those rows or label them")
+    limit = _max_chars(cfg)
+    texts = [t if isinstance(t, str) else str(t) for t in raw_texts]
+    cut = sum(len(t) > limit for t in texts)
+    if cut:
+        texts = [t[:limit] for t in texts]
+        logging.getLogger(__name__).warning("%s: %d texts longer than %d characters cut to that length before "
+                                            "tokenizing (data.max_length=%d tokens)", where, cut, limit, cfg.max_length)
+    return texts, labels
+
+
+#: Characters a token can stand for, at most: BERT's WordPiece turns any word longer than 100
+#: characters into one [UNK] (``max_input_chars_per_word``).
+CHARS_PER_TOKEN = 100
+
+
+def _max_chars(cfg: DataConfig) -> int:
+    """Characters of a text that can reach its first ``data.max_length`` tokens (a bound, so the
+    cut never changes what a trial sees, except past long runs of whitespace). Without it a 50 MB
+    single-line text took 90 s and 7 GB to tokenize, in every trial process."""
+    return CHARS_PER_TOKEN * cfg.max_length
 
 
 def _load_hub(cfg: DataConfig) -> tuple[Any, Any, str]:
@@ -149,10 +246,6 @@ def _load_hub(cfg: DataConfig) -> tuple[Any, Any, str]:
     return ds["train"].to_pandas(), ds[dev_name].to_pandas(), f"hub:{cfg.path}/{cfg.hub_config or ''}"
 
 
-def _looks_like_hub_id(path: str) -> bool:
-    return not path.startswith((".", "/", "~")) and not Path(path).suffix and path.count("/") <= 1
-
-
 def load_splits(cfg: DataConfig) -> RawSplits:
     """Load train and dev texts with integer label ids; every input problem is a ``DataError``."""
     path = Path(os.path.expanduser(cfg.path))
@@ -172,7 +265,8 @@ def load_splits(cfg: DataConfig) -> RawSplits:
         train_texts, train_raw = _columns(read_table(path), cfg, str(path))
         train_texts, train_raw, dev_texts, dev_raw = _carve_dev(train_texts, train_raw, cfg)
         source = str(path)
-    elif _looks_like_hub_id(cfg.path):
+    elif looks_like_hub_id(cfg.path):
+        check_hub_name(cfg.path, "data.path", "dataset")  # a mistyped relative path fails here, fast
         train_df, dev_df, source = _load_hub(cfg)
         train_texts, train_raw = _columns(train_df, cfg, f"{source} train")
         dev_texts, dev_raw = _columns(dev_df, cfg, f"{source} validation")

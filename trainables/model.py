@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_MODEL, ConfigError, LoraSection
+from .hub import check_hub_name
 
 __all__ = [
     "EMBEDDED_HUB_ID",
     "resolve_model_name",
+    "check_model_name",
     "load_tokenizer",
     "linear_module_names",
     "check_target_modules",
@@ -54,8 +56,22 @@ def resolve_model_name(name: str) -> str:
     return os.path.expanduser(name)
 
 
-def _from_pretrained(factory: Any, name: str, **kwargs: Any) -> Any:
+def check_model_name(name: str) -> str:
+    """The model directory or hub id ``name`` resolves to; a path that does not exist and cannot
+    be a reachable hub model is a one-line ``ConfigError`` at once (``trainables.hub``), not
+    30 s of network retries."""
     path = resolve_model_name(name)
+    if not os.path.exists(path):
+        check_hub_name(name, "model.name", "model")
+    return path
+
+
+def _from_pretrained(factory_name: str, name: str, **kwargs: Any) -> Any:
+    """``transformers.<factory_name>.from_pretrained``, the name checked before transformers loads."""
+    path = check_model_name(name)
+    import transformers
+
+    factory = getattr(transformers, factory_name)
     try:
         return factory.from_pretrained(path, **kwargs)
     except OSError as e:
@@ -68,9 +84,7 @@ def _from_pretrained(factory: Any, name: str, **kwargs: Any) -> Any:
 @lru_cache(maxsize=4)
 def load_tokenizer(name: str) -> Any:
     """The base model's tokenizer (memoized: trial actors are reused across trials)."""
-    from transformers import AutoTokenizer
-
-    return _from_pretrained(AutoTokenizer, name)
+    return _from_pretrained("AutoTokenizer", name)
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -169,7 +183,6 @@ def build_model(model_name: str, lora: LoraSection, label_names: list[str], pool
     """Base model + fresh classifier head (+ the pooling ``model.pooling`` resolves to, the
     dropout ``model.dropout`` sets), wrapped with LoRA; only adapter and head are trainable."""
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     id2label = dict(enumerate(label_names))
@@ -178,7 +191,7 @@ def build_model(model_name: str, lora: LoraSection, label_names: list[str], pool
     hf_logging.disable_progress_bar()
     try:
         base = _from_pretrained(
-            AutoModelForSequenceClassification,
+            "AutoModelForSequenceClassification",
             model_name,
             num_labels=len(label_names),
             id2label=id2label,

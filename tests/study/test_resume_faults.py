@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -565,3 +566,191 @@ def test_checkpoint_disk_is_bounded(tmp_path, tiny_bert, sst2_small):
           f"(checkpoints kept, bytes, evaluations, trainable params):")
     for tid, (k, b, e, p) in sorted(per_trial.items(), key=lambda kv: -kv[1][1]):
         print(f"  {tid}: {k} ckpts {b:>9,} B  {e:>2} evals  {p:>6,} params")
+
+
+# --------------------------------------------------------------------------- issue 18
+
+
+TWO_AT_ONCE = ["--set", "train.epochs=5", "--set", "asha.enabled=false", "--set", "search.data.size.choice=[600]",
+               "--cpus-per-trial", "0.5"]  # 2 trials side by side even on one core, 36 evaluations each
+
+
+def checkpoints_on_disk(experiment: Path, tid: str) -> dict[str, int]:
+    """Checkpoint dir name -> samples_seen it was reported with, for this trial's checkpoints on disk."""
+    rows = trial_results(experiment).get(tid, [])
+    at = {r["checkpoint_dir_name"]: r["samples_seen"] for r in rows if r.get("checkpoint_dir_name")}
+    return {p.name: at[p.name] for p in (experiment / f"trial_{tid}").glob("checkpoint_*") if p.name in at}
+
+
+def first_after_restart(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first result of the trial's last (re)start (``iterations_since_restore`` 1 again)."""
+    starts = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1]
+    assert len(starts) >= 2, f"the trial never restarted: {[r['samples_seen'] for r in rows]}"
+    return rows[starts[-1]]
+
+
+def test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints(tmp_path, tiny_bert, sst2_small):
+    """Issue 18, items 4 and 2, on one study.
+
+    Two drivers start the same new study at the same moment on a fresh store: one runs it, the
+    other stops with one line (before: both were accepted — one directory, two experiment states,
+    two MLflow parent runs, registry versions 1 and 2, or the loser crashed with ``duplicate
+    column name: step``).
+
+    Then the driver is SIGKILLed and ``--resume`` continues every unfinished trial from a
+    checkpoint — its first result after the restart is beyond its first evaluation, not a fresh
+    start at 0 (before: "beyond its stored results (samples_seen -1); resuming from scratch" for
+    every trial, because the history was read from the crashed run's Ray session dir). One
+    trial's latest checkpoint is also torn (its adapter file truncated): that trial falls back to
+    its previous checkpoint, said in one log line, and the torn one is set aside — never a FAILED
+    trial naming a temp dir."""
+    n, name, home = 2, "cont", tmp_path / "studies"
+    home.mkdir()
+    exp = home / name
+    args = tiny_study_args(name, home, tiny_bert, sst2_small, n, TWO_AT_ONCE)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [start_study(args, home, lg) for lg in logs]
+    try:
+        # 1 + the index of the first driver to exit (the one that lost the lock)
+        loser = wait_for(lambda: next((i + 1 for i, p in enumerate(procs) if p.poll() is not None), 0),
+                         None, None, 600, "one of the two drivers to give up") - 1
+        proc, text = procs[1 - loser], logs[loser].read_text(errors="replace")
+        errors = [ln for ln in text.splitlines() if ln.startswith("error: ")]
+        assert procs[loser].returncode == 2 and len(errors) == 1 and "Traceback" not in text, text[-3000:]
+        assert f"study {name!r} is already running (pid {proc.pid} " in errors[0] or "already exists" in errors[0], errors
+
+        def both_checkpointed():
+            snap = snapshot_trials(exp)
+            ready = len(snap) == n and all(st == "RUNNING" and ck for st, ck in snap.values())
+            return snap if ready and all(len(checkpoints_on_disk(exp, t)) >= 2 for t in snap) else None
+
+        wait_for(both_checkpointed, proc, logs[1 - loser], 600, "both trials running with two checkpoints each", poll=0.05)
+        assert len(list(exp.glob("experiment_state-*.json"))) == 1
+        crash_driver(proc)
+    finally:
+        for p in procs:
+            kill_session(p.pid)
+    snap = snapshot_trials(exp)  # the snapshot --resume will read
+    victim, other = sorted(snap)
+    torn = Path(snap[victim][1])
+    adapter = torn / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+    out = run_study(["--name", name, "--resume", "--storage", str(home)], home, timeout=900)
+    text = out.stdout + out.stderr
+    (tmp_path / "resume.log").write_text(text)
+    fig = verify_study(home, name, n)  # one MLflow parent, no failed trial, no result lost
+    assert f"Trial {victim}: latest checkpoint {torn.name} is unreadable" in text, text[-3000:]
+    assert "resuming from scratch" not in text, text[-3000:]
+    assert not torn.exists() and (torn.parent / f".torn-{torn.name}").is_dir()
+    firsts = {}
+    for tid in (victim, other):
+        first = first_after_restart(fig["results"][tid])
+        firsts[tid] = first["samples_seen"]
+        assert first["samples_seen"] > MAX_GAP and first["training_iteration"] >= 2, \
+            f"trial {tid} restarted from scratch: {[r['samples_seen'] for r in fig['results'][tid]]}"
+    reg = fig["summary"]["registered_model"]
+    assert [str(v.version) for v in fig["client"].search_model_versions(f"name='{reg['name']}'")] == ["1"]
+    print(f"\n[cont] second driver: {errors[0]}\n[cont] killed with both trials checkpointed; tore {victim}/{torn.name}; "
+          f"first results after the restart at samples_seen {firsts} (first evaluation is at <= {MAX_GAP}); "
+          f"{fig['rereports']} re-reported evaluations")
+
+
+def _mount_tmpfs(d: Path, size: str) -> bool:
+    d.mkdir(parents=True, exist_ok=True)
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                                                capture_output=True).returncode == 0
+
+
+def _fill(d: Path) -> int:
+    """Write a filler file into ``d`` until the disk is full; returns its size."""
+    chunk = b"\0" * 65536
+    with open(d / "filler", "wb", buffering=0) as f:
+        try:
+            while f.write(chunk):
+                pass
+        except OSError:  # ENOSPC: full
+            pass
+    return (d / "filler").stat().st_size
+
+
+def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, tiny_bert, sst2_small):
+    """Issue 18, item 1: storage runs out of space mid-study. The study stops at once with one
+    line (which file, how much space, what to run), every stored file is intact (an old or a new
+    version, never torn), and after space is freed ``--resume`` finishes the *same* study — every
+    trial with the stored fixed config (before: fixed keys back at their defaults) — and a second
+    ``--resume`` of the finished study registers no duplicate model version.
+
+    The disk is a 64 MiB tmpfs filled up once a checkpoint exists (when this process may mount),
+    else writes through ``study.atomic_fs`` fail with ENOSPC while a flag file exists (injected in
+    the driver and Ray's workers by ``tests/study/enospc_site/sitecustomize.py``)."""
+    n, name = 2, "full"
+    small = tmp_path / "small"
+    mounted = _mount_tmpfs(small, "64m")
+    home, log, flag = small / "st", tmp_path / "full.log", tmp_path / "disk-full"
+    home.mkdir(parents=True)
+    env = {} if mounted else {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "enospc_site"), str(ROOT)]),
+                              "LORA_STUDY_TEST_ENOSPC_FLAG": str(flag)}
+    try:
+        proc = start_study(tiny_study_args(name, home, tiny_bert, sst2_small, n, TWO_AT_ONCE), home, log, env)
+        try:
+            wait_for(lambda: has_checkpoint(home / name), proc, log, 600, "the first checkpoint", poll=0.05)
+            config_before = json.loads((home / name / "study.json").read_text())["config"]
+            filled = _fill(small) if mounted else flag.touch()
+            rc = proc.wait(timeout=600)
+        finally:
+            kill_session(proc.pid)
+        text = log.read_text(errors="replace")
+        errors = [ln for ln in text.splitlines() if ln.startswith("error: ")]
+        assert rc == 1, f"rc {rc}:\n{text[-3000:]}"
+        assert len(errors) == 1 and errors[0].startswith("error: disk full writing "), errors or text[-3000:]
+        assert "MiB free" in errors[0] and f"--name {name} --resume" in errors[0], errors[0]
+        assert text.rstrip().splitlines()[-1] == errors[0], "the disk-full line is not the last word"
+        # nothing torn: every file Ray keeps reads back whole (the pickles are this test's own study)
+        exp = home / name
+        for f in [*exp.glob("experiment_state-*.json"), exp / "study.json", *exp.glob("trial_*/params.json")]:
+            json.loads(f.read_text())
+        for f in exp.glob("trial_*/result.json"):
+            [json.loads(line) for line in f.read_text().splitlines()]
+        for f in [*exp.glob("search_gen_state-*.json"), *exp.glob("*.pkl")]:  # Ray's pickles, whatever the suffix
+            pickle.loads(f.read_bytes())
+        assert not list((home / name).rglob(".*.tmp-*")), "temp files left behind"
+        if mounted:
+            (small / "filler").unlink()
+        else:
+            flag.unlink()
+        run_study(["--name", name, "--resume", "--storage", str(home)], home, timeout=900, env=env)
+        fig = verify_study(home, name, n)
+        record = json.loads((home / name / "study.json").read_text())
+        assert record["config"] == config_before, "the resumed study runs with another config"
+        for tid, rows in fig["results"].items():
+            cfg = rows[-1]["config"]
+            assert cfg["train.epochs"] == 5 and cfg["train.eval_every_samples"] == 100 and cfg["data.dev_size"] == 200, (tid, cfg)
+        reg = fig["summary"]["registered_model"]
+        assert reg and reg["version"] == "1", reg
+        # resuming the finished study again: same registration, no second version
+        run_study(["--name", name, "--resume", "--storage", str(home)], home, timeout=900, env=env)
+        again = json.loads((home / name / "summary.json").read_text())
+        versions = fig["client"].search_model_versions(f"name='{reg['name']}'")
+        assert again["registered_model"] == reg and [str(v.version) for v in versions] == ["1"], versions
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(small)], check=False)
+    print(f"\n[full] {'tmpfs, filler ' + format(filled, ',') + ' B' if mounted else 'injected ENOSPC'}: rc {rc}, "
+          f"{len(text.splitlines())} log lines, {text.count('Traceback')} tracebacks; {errors[0]}")
+
+
+def test_fresh_sqlite_store_first_use_is_serialized(tmp_path):
+    """Issue 18, item 4: two studies starting at once on a fresh sqlite MLflow store both ran
+    MLflow's schema migrations; the loser crashed with ``duplicate column name: step``. The
+    runner's first use (``check_tracking``) holds a lock beside the database."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = ("import sys; from study.tracking import check_tracking, start_parent_run; "
+            "check_tracking(sys.argv[1]); start_parent_run(sys.argv[1], sys.argv[2], sys.argv[2], {'a': 1})")
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, f"s{i}"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(o[-1500:] for o in outs)
+    from mlflow.tracking import MlflowClient
+
+    assert sorted(e.name for e in MlflowClient(uri).search_experiments() if e.name != "Default") == ["s0", "s1", "s2"]
+    assert (tmp_path / "mlflow.db.lock").exists()

@@ -1,6 +1,7 @@
 """``python -m study.run``: errors before Ray, and a real end-to-end study on the embedded MiniLM."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,168 @@ def test_bad_input_fails_before_ray(argv, needle, capsys, tmp_path, monkeypatch,
         argv = [*argv, "--storage", str(tmp_path)]
     assert needle in _err(capsys, argv)
     assert not ray.is_initialized()
+
+
+# --------------------------------------------------------------------------- issue 18: hostile and broken input
+
+
+class Listener:
+    """A loopback HTTP server that answers every request with ``status`` and records its headers."""
+
+    def __init__(self, status: int):
+        import http.server
+        import threading
+
+        self.requests: list[dict[str, str]] = []
+        seen, code = self.requests, status
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                seen.append(dict(self.headers))
+                body = b"<html>401 Unauthorized</html>" if code == 401 else b"{}"
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _data_dir(root: Path, name: str, train: str, dev: str = "sentence\tlabel\ngood film\t1\nbad film\t0\n", ext: str = "tsv") -> str:
+    d = root / name
+    d.mkdir()
+    (d / f"train.{ext}").write_text(train)
+    (d / f"dev.{ext}").write_text(dev)
+    return str(d)
+
+
+def _rows(n: int, text=lambda i: f"sentence {i}", label=lambda i: str(i % 2)) -> str:
+    return "sentence\tlabel\n" + "".join(f"{text(i)}\t{label(i)}\n" for i in range(n))
+
+
+def _plant_study(root: Path, name: str, **record) -> Path:
+    """A study directory holding only a study.json (what --resume reads before anything else)."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "study.json").write_text(json.dumps({"name": name, "config": {}, "storage": str(root), **record}))
+    return d
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _bad18(ctx) -> list[tuple[str, list[str], str]]:
+    """(id, argv, what the one-line error must say): every row of issue 18's hostile/broken input."""
+    t, root = ctx.tmp, str(ctx.tmp)
+    new = ["--config", QUICK, "--storage", root]
+    _plant_study(t, "planted")
+    (t.parent / "elsewhere").mkdir(exist_ok=True)
+    _plant_study(t.parent / "elsewhere", "evil")
+    _plant_study(t, "foreign", tracking_uri=ctx.creds_listener.uri)
+    (t / "data").mkdir()
+    (t / "models").mkdir()
+    nan_texts = "sentence,label\ngood,1\n,0\nNaN,1\nfine,0\n"  # an empty cell; "NaN" is a word
+    csv_dev = "sentence,label\ngood film,1\nbad film,0\n"
+    dup = "sentence\tlabel\tlabel\na\t1\t0\nb\t0\t1\n"
+    return [
+        ("resume ../ name", ["--name", "../elsewhere/evil", "--resume", "--storage", root], "study name '../elsewhere/evil'"),
+        ("300-char name", [*new, "--name", "n" * 300], "is 300 characters long"),
+        ("all texts empty", [*new, "--set", f"data.path={_data_dir(t, 'empty', _rows(6, text=lambda i: ' '))}"],
+         "column 'sentence' has 6 empty or missing texts of 6"),
+        ("missing texts", [*new, "--set", f"data.path={_data_dir(t, 'nantext', nan_texts, csv_dev, 'csv')}"],
+         "column 'sentence' has 1 empty or missing texts of 4 (row 2)"),
+        ("NaN labels", [*new, "--set", f"data.path={_data_dir(t, 'nanlabel', _rows(6, label=lambda i: 'NaN' if i in (1, 4) else str(i % 2)))}"],
+         "column 'label' has 2 missing labels of 6 (rows 2, 5)"),
+        ("empty labels", [*new, "--set", f"data.path={_data_dir(t, 'nolabel', _rows(4, label=lambda i: '' if i == 3 else '1'))}"],
+         "column 'label' has 1 missing labels of 4"),
+        ("duplicate columns", [*new, "--set", f"data.path={_data_dir(t, 'dup', dup)}"],
+         "duplicate column names ['label']"),
+        ("mistyped data path", [*new, "--set", "data.path=data/sst2x"], "data.path='data/sst2x': cannot load: no such file or directory"),
+        ("mistyped model path", [*new, "--set", "model.name=models/minilmx"], "model.name='models/minilmx': cannot load: no such file or directory"),
+        ("empty search block", ["--config", str(ctx.empty_search), "--storage", root], "search: Value error, the block is empty"),
+        ("num-samples on resume", ["--name", "planted", "--resume", "--storage", root, "--num-samples", "20"],
+         "--num-samples 20: a resumed study keeps its stored study.num_samples=12"),
+        ("study already running", ["--name", "planted", "--resume", "--storage", root], "study 'planted' is already running (pid"),
+        ("MLflow unreachable", [*new, "--tracking-uri", f"http://127.0.0.1:{_free_port()}"], "is unreachable"),
+        ("MLflow 401", [*new, "--tracking-uri", ctx.listener_401.uri], "answered 401 Unauthorized"),
+        ("credentials to a study's URI", ["--name", "foreign", "--resume", "--storage", root],
+         f"records MLflow at {ctx.creds_listener.uri} but you did not name it"),
+    ]
+
+
+BAD18_IDS = ["resume ../ name", "300-char name", "all texts empty", "missing texts", "NaN labels", "empty labels",
+             "duplicate columns", "mistyped data path", "mistyped model path", "empty search block",
+             "num-samples on resume", "study already running", "MLflow unreachable", "MLflow 401",
+             "credentials to a study's URI"]
+
+
+@pytest.fixture(scope="module")
+def bad18(tmp_path_factory):
+    import types
+
+    ctx = types.SimpleNamespace(tmp=tmp_path_factory.mktemp("bad18") / "studies", listener_401=Listener(401),
+                                creds_listener=Listener(200))
+    ctx.tmp.mkdir()
+    ctx.empty_search = ctx.tmp.parent / "empty-search.yaml"
+    ctx.empty_search.write_text(Path(QUICK).read_text().split("search:")[0] + "search:\nstudy:\n  num_samples: 2\n")
+    ctx.rows = {row[0]: row for row in _bad18(ctx)}
+    assert sorted(ctx.rows) == sorted(BAD18_IDS)
+    yield ctx
+    ctx.listener_401.close()
+    ctx.creds_listener.close()
+
+
+@pytest.mark.parametrize("row", BAD18_IDS)
+def test_hostile_and_broken_input_is_one_line_before_ray(row, bad18, capsys, monkeypatch, sst2):
+    """Issue 18: every row fails before Ray starts, fast, with one ``error:`` line saying what."""
+    import ray
+
+    _, argv, needle = bad18.rows[row]
+    monkeypatch.chdir(bad18.tmp)  # relative paths (data/…, models/…) resolve here, where data/ and models/ exist
+    monkeypatch.setenv("LORA_STUDY_HOME", str(bad18.tmp))
+    monkeypatch.setenv("LORA_STUDY_DATA", str(sst2))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    if row == "credentials to a study's URI":
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "me")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    held = None
+    if row == "study already running":  # another driver holds the study's lock (README: .NAME.lock beside the study)
+        import fcntl
+
+        held = open(bad18.tmp / ".planted.lock", "a+")
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on elsewhere")
+        held.flush()
+    t0 = time.monotonic()
+    try:
+        err = _err(capsys, argv)
+    finally:
+        if held is not None:
+            held.close()
+    elapsed = time.monotonic() - t0
+    assert needle in err, err
+    assert not ray.is_initialized()
+    if row.startswith("mistyped"):
+        assert elapsed < 10, f"{row}: {elapsed:.1f}s (a hub id is retried for ~30 s offline)"
+    if row == "credentials to a study's URI":
+        assert bad18.creds_listener.requests == [], "credentials went to the URI a study.json named"
 
 
 def test_existing_name_without_resume_is_refused(tiny_study, capsys):
@@ -124,3 +287,47 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
     pyfunc = mlflow.pyfunc.load_model("models:/lora-study-e2e/1")
     out = pyfunc.predict(__import__("pandas").DataFrame({"text": ["a gorgeous , witty film"]}))
     assert list(out.columns) == ["label", "confidence"] and out["label"][0] in ("negative", "positive")
+
+
+def test_undelivered_mlflow_operations_are_a_nonzero_exit(tmp_path, monkeypatch, capsys):
+    """Issue 18, item 6: MLflow down at the end used to look like success (exit 0, a normal
+    summary) while operations were "NOT delivered" and nothing was registered. The study still
+    prints its summary, then one line saying what MLflow lacks and what to run, and exits 3.
+    (Tuner and MLflow replaced by stand-ins: this is the runner's end-of-study decision.)"""
+    import study.export
+    import study.report
+    import study.run as run
+    import study.tracking
+    from study.config import StudyConfig
+    from study.store import study_paths
+
+    uri = "http://127.0.0.1:9"
+    prep = run.Prepared(StudyConfig(), study_paths("down", str(tmp_path)), False, 10,
+                        {"name": "down", "tracking_uri": uri, "config": {}})
+
+    class Tuner:
+        def fit(self):
+            study.tracking._UNDELIVERED["parent-1"] = 20  # what MLflowTracker.on_experiment_end records
+            return None
+
+    def no_registry(*a, **k):
+        raise ConnectionError("Max retries exceeded")
+
+    summary = {"name": "down", "metric": "accuracy", "wall_s": 1.0, "compute_s": 1.0, "table": [],
+               "trials": {"completed": 2, "pruned": 0, "failed": 0, "unfinished": 0, "total": 2},
+               "best": {"trial_id": "t1", "accuracy": 0.9, "checkpoint": "/x", "params": {}}}
+    monkeypatch.setattr(study.tracking, "start_parent_run", lambda *a, **k: "parent-1")
+    monkeypatch.setattr(study.tracking, "finish_parent_run", lambda *a, **k: False)
+    monkeypatch.setattr(study.report, "summarize", lambda *a, **k: dict(summary))
+    monkeypatch.setattr(study.report, "print_summary", lambda s: print("== summary =="))
+    monkeypatch.setattr(study.export, "log_best_adapter", no_registry)
+    monkeypatch.setattr(run, "_init_ray", lambda address: None)
+    monkeypatch.setattr(run, "_tuner", lambda prep, cls, parent: (Tuner(), None))
+    assert run.execute(prep, None) == run.EXIT_TRACKING == 3
+    out, err = capsys.readouterr()
+    assert "== summary ==" in out
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: MLflow at {uri}: 20 operations (trial runs, metrics) not delivered; "
+                           "the best adapter not registered; parent run parent-1 not closed"), line
+    assert f"python -m study.run --name down --resume --storage {tmp_path} --tracking-uri {uri}" in line
+    assert json.loads((tmp_path / "down" / "summary.json").read_text())["registered_model"] is None

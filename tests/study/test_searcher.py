@@ -335,6 +335,7 @@ def test_repair_resumes_only_from_checkpoints_the_history_reaches(case, rows, ck
     from types import SimpleNamespace as NS
 
     import pyarrow.fs
+    from ray.tune import Checkpoint
 
     from study.searcher import RepairCheckpointRecords
 
@@ -344,15 +345,18 @@ def test_repair_resumes_only_from_checkpoints_the_history_reaches(case, rows, ck
         d = tmp_path / f"checkpoint_{seen}"
         if exists:
             d.mkdir()
-        records[seen] = NS(metrics={"samples_seen": seen, "training_iteration": seen // 100}, checkpoint=NS(filesystem=fs, path=str(d)))
+        records[seen] = NS(metrics={"samples_seen": seen, "training_iteration": seen // 100},
+                           checkpoint=Checkpoint(str(d), filesystem=fs) if exists else NS(filesystem=fs, path=str(d)))
     trial_dir = tmp_path / "trial"
     trial_dir.mkdir()
     if rows is not None:
         (trial_dir / "result.json").write_text(
             "".join('{"samples_se' if r == "torn" else json.dumps({"samples_seen": r, "accuracy": 0.5}) + "\n" for r in rows))
     manager = NS(_latest_checkpoint_result=records[latest], _checkpoint_results=list(records.values()))
-    trial = NS(trial_id="t1", status=status, local_path=str(trial_dir), run_metadata=NS(checkpoint_manager=manager))
-    repair = RepairCheckpointRecords()
+    # the history is read from storage (``trial.path``); the crashed run's session dir is gone
+    trial = NS(trial_id="t1", status=status, path=str(trial_dir), local_path=str(tmp_path / "gone"),
+               storage=NS(storage_filesystem=fs), run_metadata=NS(checkpoint_manager=manager))
+    repair = RepairCheckpointRecords(verify=lambda d: None)  # empty dirs stand for intact checkpoints here
     repair.on_step_begin(0, [trial])
     got = manager._latest_checkpoint_result
     assert (got.metrics["samples_seen"] if got else None) == expected

@@ -1,0 +1,93 @@
+"""``RepairCheckpointRecords`` (study/searcher.py) on hand-made trials: which checkpoint a trial
+resumes from after a driver crash or a trial restart (issue 18, item 2). The end-to-end version
+(real SIGKILL, real torn file) is ``test_resume_faults.test_resume_after_sigkill_continues_from_checkpoints``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import types
+from pathlib import Path
+
+import pyarrow.fs
+import pytest
+from ray.tune import Checkpoint
+
+from study.searcher import RepairCheckpointRecords
+
+
+def _verify(d: str) -> None:
+    """Stands for ``trainables.lora.load_checkpoint``: a checkpoint is intact if it says so."""
+    if (Path(d) / "state").read_text() != "intact":
+        raise ValueError(f"checkpoint {d}: unreadable (truncated)")
+
+
+def _trial(tmp_path: Path, seen: list[int], torn: set[int] = frozenset(), recorded: int | None = None, status: str = "RUNNING"):
+    """A trial whose checkpoints were reported at ``seen`` samples (the last one is the latest);
+    its result.json on storage goes up to ``recorded`` (default: the last checkpoint)."""
+    trial_dir = tmp_path / "exp" / "trial_a"
+    results = []
+    fs = pyarrow.fs.LocalFileSystem()
+    for i, s in enumerate(seen):
+        d = trial_dir / f"checkpoint_{i:06d}"
+        d.mkdir(parents=True)
+        (d / "state").write_text("torn" if i in torn else "intact")
+        results.append(types.SimpleNamespace(checkpoint=Checkpoint(str(d), filesystem=fs), metrics={"samples_seen": s}))
+    upto = seen[-1] if recorded is None else recorded
+    (trial_dir / "result.json").write_text("".join(json.dumps({"samples_seen": s}) + "\n" for s in range(100, upto + 1, 100)))
+    manager = types.SimpleNamespace(_latest_checkpoint_result=results[-1], _checkpoint_results=list(results))
+    return types.SimpleNamespace(
+        trial_id="a", status=status, path=str(trial_dir), local_path=str(tmp_path / "gone-session" / "trial_a"),
+        storage=types.SimpleNamespace(storage_filesystem=fs), run_metadata=types.SimpleNamespace(checkpoint_manager=manager),
+    ), results
+
+
+def _latest(trial) -> str | None:
+    r = trial.run_metadata.checkpoint_manager._latest_checkpoint_result
+    return Path(r.checkpoint.path).name if r else None
+
+
+def test_after_a_crash_history_is_read_from_storage(tmp_path, caplog):
+    """The crashed run's session dir (``local_path``) is gone; the history on storage reaches the
+    latest checkpoint, so the trial continues from it (before: samples_seen -1, from scratch)."""
+    trial, _ = _trial(tmp_path, [100, 200, 300])
+    with caplog.at_level(logging.WARNING):
+        RepairCheckpointRecords(verify=_verify).on_step_begin(0, [trial])
+    assert _latest(trial) == "checkpoint_000002" and not caplog.records
+
+
+@pytest.mark.parametrize("seen,torn,recorded,want,says", [
+    ([100, 200, 300], {2}, None, "checkpoint_000001", "checkpoint_000002 is unreadable"),
+    ([100, 200, 300], {1, 2}, None, "checkpoint_000000", "checkpoint_000001 is unreadable"),
+    ([100, 200, 300], {0, 1, 2}, None, None, "resuming from scratch"),
+    ([100, 200, 300], set(), 200, "checkpoint_000001", "checkpoint_000002 is beyond its stored results (samples_seen 200)"),
+    ([100, 200, 300], {1}, 200, "checkpoint_000000", "checkpoint_000001 is unreadable"),
+])
+def test_crash_falls_back_to_the_newest_usable_checkpoint(tmp_path, caplog, seen, torn, recorded, want, says):
+    trial, results = _trial(tmp_path, seen, torn, recorded)
+    with caplog.at_level(logging.WARNING):
+        RepairCheckpointRecords(verify=_verify).on_step_begin(0, [trial])
+    assert _latest(trial) == want
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("Trial a: latest checkpoint") and says in lines[0], lines
+    for i in torn:  # set aside, so no reader picks it as a "best" checkpoint later
+        p = Path(results[i].checkpoint.path)
+        assert not p.exists() and (p.parent / f".torn-{p.name}").is_dir()
+    assert all(r.checkpoint.path not in {results[i].checkpoint.path for i in torn}
+               for r in trial.run_metadata.checkpoint_manager._checkpoint_results)
+
+
+def test_a_restarted_trial_skips_a_torn_checkpoint(tmp_path, caplog):
+    """A worker died and Ray restarts the trial in the same driver: a torn latest checkpoint
+    is replaced by the previous one before Ray hands it to the trainable."""
+    trial, _ = _trial(tmp_path, [100, 200], torn={1})
+    with caplog.at_level(logging.WARNING):
+        RepairCheckpointRecords(verify=_verify).on_trial_recover(3, [trial], trial)
+    assert _latest(trial) == "checkpoint_000000"
+    assert "(trial restart); resuming from" in caplog.records[0].getMessage()
+
+
+def test_finished_trials_are_left_alone(tmp_path):
+    trial, _ = _trial(tmp_path, [100, 200], torn={1}, status="TERMINATED")
+    RepairCheckpointRecords(verify=_verify).on_step_begin(0, [trial])
+    assert _latest(trial) == "checkpoint_000001"

@@ -79,6 +79,8 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
     base = cfg.base_trial()
     if os.path.exists(os.path.expanduser(base.data.path)):
         data["path"] = str(Path(base.data.path).expanduser().resolve())
+    else:  # embedded-sst2 or a hub id: recorded by name (study.json), resolved wherever a trial runs
+        data["path"] = base.data.path
     if os.path.isdir(os.path.expanduser(base.model.name)):
         model["name"] = str(Path(base.model.name).expanduser().resolve())
     return cfg.model_copy(update={"data": data, "model": model})

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import ConfigError, DataConfig
+from .config import ConfigError, DataConfig, resolve_data_path
 
 __all__ = [
     "DataError",
@@ -154,7 +154,7 @@ def _looks_like_hub_id(path: str) -> bool:
 
 def load_splits(cfg: DataConfig) -> RawSplits:
     """Load train and dev texts with integer label ids; every input problem is a ``DataError``."""
-    path = Path(os.path.expanduser(cfg.path))
+    path = Path(os.path.expanduser(resolve_data_path(cfg.path)))
     if path.is_dir():
         train_p = _find_split(path, ["train"])
         dev_p = _find_split(path, ["dev", "validation", "valid", "val"])

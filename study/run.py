@@ -23,7 +23,8 @@ import pyarrow.fs
 
 from trainables.config import ConfigError
 
-from .config import StudyConfig, flat_params, load_study_config
+from .config import StudyConfig, load_study_config
+from .console import LOG_NAME, console_logging, log_to_file, stderr_to_log
 from .store import LOCAL_ROOT, StudyPaths, now_iso, read_study, study_paths, write_json
 
 __all__ = ["main", "build_parser", "prepare", "Prepared"]
@@ -163,6 +164,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     from trainables.lora import train
 
     from . import searcher as S
+    from .progress import ProgressView
     from .space import max_samples, param_space, seed_points
     from .tracking import MLflowTracker
 
@@ -194,7 +196,8 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
         fixed = param_space(cfg, threads)
         search_alg = BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.study.seed,
                                            max_concurrent=cfg.study.max_concurrent)
-    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler))
+    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler, searched=sorted(cfg.search)))
+    callbacks.append(ProgressView(sorted(cfg.search), metric, mode, pruned_signal=scheduler))
     callbacks.append(S.RepairCheckpointRecords())
     tune_config = tune.TuneConfig(
         search_alg=search_alg, scheduler=scheduler, num_samples=cfg.study.num_samples,
@@ -209,7 +212,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.storage.checkpoints_to_keep,
                                                 checkpoint_score_attribute=metric, checkpoint_score_order=mode),
         failure_config=tune.FailureConfig(max_failures=cfg.study.max_failures),
-        verbose=1,
+        verbose=0,  # ProgressView prints the progress: Ray's tables never show the searched values
     )
     return tune.Tuner(trainable, param_space=fixed, tune_config=tune_config, run_config=run_config), scheduler
 
@@ -316,30 +319,40 @@ def _init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    # configure_logging=False: Ray's driver logs go to the study log (study.console), not stderr;
+    # trial workers log WARNING and above only (their INFO was "Checkpoint successfully created"
+    # once per evaluation, forwarded to the driver's stderr).
+    quiet = {"configure_logging": False, "runtime_env": {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}}}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, **quiet}
     if address:
-        ray.init(address=address, **({} if address.startswith("ray://") else {}))
+        ray.init(address=address, **quiet)
     else:
         ray.init(**kwargs)
 
 
 def execute(prep: Prepared, address: str | None) -> int:
+    from .progress import legend
     from .report import summarize, print_summary
-    from .tracking import MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run
+    from .tracking import MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run, study_params
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # snapshots per report are intended: nothing lost on a crash
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy output prints nothing; the new one still boxes the experiment
     configure_mlflow_http()
     cfg, paths = prep.cfg, prep.paths
+    log_path = log_to_file(paths.local / LOG_NAME)
     experiment = cfg.mlflow.experiment or paths.name
-    parent = start_parent_run(prep.tracking_uri, experiment, paths.name, flat_params(cfg),
+    parent = start_parent_run(prep.tracking_uri, experiment, paths.name, study_params(cfg),
                               tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
     prep.record["parent_run_id"] = parent
     prep.record["experiment"] = experiment
     prep.record.setdefault("started", [])
     prep.record["started"] = list(prep.record["started"]) + [now_iso()]
     write_json(paths.study_json, prep.record)
-    print(f"study {paths.name}: {cfg.study.num_samples} trials, results in {paths.experiment}, MLflow {prep.tracking_uri} (experiment {experiment})", flush=True)
+    print(f"study {paths.name}: {cfg.study.num_samples} trials, {cfg.study.max_concurrent} at a time, best {cfg.study.metric} wins"
+          + (" (resumed)" if prep.resume else ""), flush=True)
+    print(f"  searching {legend(sorted(cfg.search))}" if cfg.search else "  nothing searched", flush=True)
+    print(f"  results {paths.experiment}\n  log     {log_path}\n  MLflow  {prep.tracking_uri} (experiment {experiment})\n", flush=True)
     _init_ray(address)
     t0 = time.time()
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
@@ -362,14 +375,47 @@ def execute(prep: Prepared, address: str | None) -> int:
 
     if summary.get("best"):
         try:
-            summary["registered_model"] = log_best_adapter(prep.tracking_uri, parent, summary, cfg.mlflow.registered_model or f"lora-study-{paths.name}", paths)
+            with stderr_to_log(log_path):  # MLflow prints "Successfully registered model …" straight to stderr
+                summary["registered_model"] = log_best_adapter(prep.tracking_uri, parent, summary, cfg.mlflow.registered_model or f"lora-study-{paths.name}", paths)
         except Exception as e:  # the study's results stand even if the registry is unreachable
             log.error("could not log/register the best adapter: %s", e)
             summary["registered_model"] = None
     write_json(paths.summary_json, summary)
+    _describe_best(prep, parent, summary)
     finish_parent_run(prep.tracking_uri, parent, status="FINISHED", summary=_parent_summary(summary))
     print_summary(summary)
+    _print_next_steps(prep, parent)
     return 0
+
+
+def _describe_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> None:
+    """The best trial's values and a link to its run on the parent run (a warning if MLflow fails)."""
+    from .tracking import describe_best
+
+    if not summary.get("best"):
+        return
+    try:
+        describe_best(prep.tracking_uri, parent, summary["best"], sorted(prep.cfg.search), prep.cfg.study.metric)
+    except Exception as e:  # bookkeeping only: the study's results stand
+        log.warning("could not record the best trial on the MLflow parent run: %s", e)
+
+
+def _print_next_steps(prep: Prepared, parent: str) -> None:
+    """Where to look next: the MLflow runs table (command and URL) and the HTML report."""
+    uri, name = prep.tracking_uri, prep.paths.name
+    try:
+        from mlflow import MlflowClient
+
+        experiment_id = MlflowClient(uri).get_run(parent).info.experiment_id
+    except Exception:  # MLflow unreachable now: the command still tells where to look
+        experiment_id = None
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}" if experiment_id else "http://127.0.0.1:5000"
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        print(f"\nruns table: .venv/bin/mlflow ui --backend-store-uri {uri}   then open {page}")
+    else:
+        print(f"\nruns table: {uri.rstrip('/')}/#/experiments/{experiment_id}" if experiment_id else f"\nruns table: {uri}")
+    print(f"report:     .venv/bin/python -m dashboards.report --study {name}"
+          + ("" if prep.paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {prep.paths.storage}"), flush=True)
 
 
 def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -380,7 +426,7 @@ def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging()  # own warnings on stderr, one line each; libraries: the study log (execute)
     args = build_parser().parse_args(argv)
     try:
         prep = prepare(args)

@@ -8,8 +8,8 @@ values), each evaluation (samples seen, the study metric, its state: running, co
 pruned), a failure — with the best result so far on every evaluation line. The runner turns
 Ray's reporter off (``RunConfig(verbose=0)``).
 
-:func:`short_values` is also what the MLflow trial runs are named after (``study.tracking``), so
-the console and the runs table call a trial the same thing: ``abe404f9 r=4 a=4 lr=4.0e-3 qv n=2000``.
+Trials are called by ``study.labels`` names, as in MLflow and the report:
+``abe404f9 r=4 a=4 lr=4.0e-3 qv n=2000``.
 """
 
 from __future__ import annotations
@@ -24,72 +24,9 @@ from typing import Any, Iterable, Protocol
 
 from ray.tune import Callback
 
-__all__ = ["ProgressView", "short_values", "trial_label", "legend"]
+from .labels import short_values
 
-#: Short names of searched keys, in the order a label shows them ("" = the value alone, e.g. ``qv``).
-_SHORT: dict[str, str] = {
-    "lora.r": "r",
-    "lora.alpha": "alpha",
-    "lora.alpha_multiple": "a",
-    "train.lr": "lr",
-    "lora.dropout": "do",
-    "lora.target_modules": "",
-    "data.size": "n",
-    "train.epochs": "ep",
-    "train.batch_size": "bs",
-    "train.weight_decay": "wd",
-    "train.warmup_ratio": "warmup",
-    "model.dropout": "model_do",
-    "model.pooling": "",
-}
-
-
-def _fmt_value(key: str, v: Any) -> str:
-    if v is None:
-        return "all" if key == "data.size" else "none"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v)
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) < 1e6:
-            return str(int(v))
-        if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e5):
-            mantissa, exp = f"{v:.1e}".split("e")
-            return f"{mantissa}e{int(exp)}"
-        return f"{v:.2g}"
-    return str(v)
-
-
-def _order(keys: Iterable[str]) -> list[str]:
-    known = [k for k in _SHORT if k in keys]
-    return known + sorted(k for k in keys if k not in _SHORT)
-
-
-def short_values(config: dict[str, Any], searched: Iterable[str]) -> str:
-    """The searched values of a (flat) trial config, short: ``r=4 a=4 lr=4.0e-3 do=0.05 qv n=2000``."""
-    parts = []
-    for key in _order(list(searched)):
-        name = _SHORT.get(key, key.rsplit(".", 1)[-1])
-        value = _fmt_value(key, config.get(key))
-        parts.append(f"{name}={value}" if name else value)
-    return " ".join(parts)
-
-
-def trial_label(trial_id: str, config: dict[str, Any], searched: Iterable[str]) -> str:
-    """``<trial id> <searched values>``: how the console and MLflow name a trial."""
-    values = short_values(config, searched)
-    return f"{trial_id} {values}" if values else trial_id
-
-
-def legend(searched: Iterable[str]) -> str:
-    """What the short names stand for: ``r=lora.r a=lora.alpha_multiple … qv=lora.target_modules``."""
-    out = []
-    for key in _order(list(searched)):
-        name = _SHORT.get(key, key.rsplit(".", 1)[-1])
-        out.append(f"{name or '(value)'}={key}" if name else key)
-    return " ".join(out)
-
+__all__ = ["ProgressView"]
 
 class PrunedSignal(Protocol):
     def was_pruned(self, trial_id: str) -> bool: ...

@@ -9,7 +9,7 @@ trials with different batch sizes line up.
 
 What a person sees in the runs table: a trial run is named after its trial id
 and searched values (``abe404f9 r=4 a=4 lr=4.0e-3 qv n=2000``, the same label
-as the console's, ``study.progress.trial_label``) and carries only the
+as the console's, ``study.labels.trial_label``) and carries only the
 project's metrics (accuracy, f1, eval_loss, dev_*, train_loss, samples_seen,
 epoch, samples_per_s, trainable_params, setup_s/train_s/eval_s -- none of
 Ray's bookkeeping such as ``training_iteration`` or ``time_since_restore``)
@@ -75,7 +75,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS, DONE, EXPERIMENT_TA
 
 from trainables.config import flatten
 
-from .progress import short_values, trial_label
+from .labels import short_values, trial_label
 
 __all__ = [
     "MLflowTracker",

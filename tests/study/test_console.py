@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.progress import ProgressView, legend, short_values, trial_label
+from study.labels import legend, short_values, trial_label
+from study.progress import ProgressView
 from tests.conftest import ROOT
 
 #: The issue's budget for the quick study; the tiny study (6 trials, an evaluation every 100 of

@@ -331,7 +331,7 @@ def _init_ray(address: str | None) -> None:
 
 
 def execute(prep: Prepared, address: str | None) -> int:
-    from .progress import legend
+    from .labels import legend
     from .report import summarize, print_summary
     from .tracking import MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run, study_params
 

@@ -409,11 +409,11 @@ def _print_next_steps(prep: Prepared, parent: str) -> None:
         experiment_id = MlflowClient(uri).get_run(parent).info.experiment_id
     except Exception:  # MLflow unreachable now: the command still tells where to look
         experiment_id = None
-    page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}" if experiment_id else "http://127.0.0.1:5000"
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs" if experiment_id else "http://127.0.0.1:5000"
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         print(f"\nruns table: .venv/bin/mlflow ui --backend-store-uri {uri}   then open {page}")
     else:
-        print(f"\nruns table: {uri.rstrip('/')}/#/experiments/{experiment_id}" if experiment_id else f"\nruns table: {uri}")
+        print(f"\nruns table: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs" if experiment_id else f"\nruns table: {uri}")
     print(f"report:     .venv/bin/python -m dashboards.report --study {name}"
           + ("" if prep.paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {prep.paths.storage}"), flush=True)
 

@@ -43,13 +43,33 @@ class _OneLine(logging.Formatter):
         return f"{record.levelname.lower()}: {msg[0] if msg else ''}"
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (tests capture it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+class _StudyLog(logging.FileHandler):
+    """The study's log file (told apart from handlers others installed)."""
+
+
 def console_logging() -> None:
     """Before anything is known about the study: the project's warnings/errors on stderr, one
-    line each; library records go nowhere until :func:`log_to_file` names a file."""
+    line each; library records go nowhere until :func:`log_to_file` names a file. Replaces only
+    its own handler: handlers others put on the root logger (pytest's) stay."""
     root = logging.getLogger()
-    for h in list(root.handlers):
+    for h in [h for h in root.handlers if isinstance(h, _Stderr)]:
         root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setLevel(logging.WARNING)
     handler.addFilter(_OwnWarnings())
     handler.setFormatter(_OneLine())
@@ -65,12 +85,12 @@ def log_to_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
-    if not any(isinstance(h, logging.StreamHandler) and isinstance(h.formatter, _OneLine) for h in root.handlers):
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
         console_logging()
-    for h in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+    for h in [h for h in root.handlers if isinstance(h, _StudyLog)]:
         root.removeHandler(h)
         h.close()
-    fh = logging.FileHandler(path, encoding="utf-8")
+    fh = _StudyLog(path, encoding="utf-8")
     fh.setLevel(logging.INFO)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(fh)

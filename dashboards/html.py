@@ -1,9 +1,12 @@
-"""A single self-contained HTML page: inline CSS, PNGs as base64 ``data:`` URIs, no scripts.
+"""A single self-contained HTML page: inline CSS, figures as inline SVG (per-trial hover
+titles) or base64 PNG ``data:`` URIs, no scripts.
 
 Why one file with nothing external: the report is mailed around, attached to MLflow runs and
 opened on machines without network access; a page that fetches fonts, scripts or images from
-elsewhere would break in all three. Every piece of text is escaped here, so study names, trial
-ids or config values can never inject markup.
+elsewhere would break in all three. Why no script either: an SVG ``<title>`` is shown by every
+browser on hover, which is all it takes to tell which trial a line or point is. Every piece of
+text is escaped here, so study names, trial ids or config values can never inject markup (the
+SVG comes from matplotlib, its titles escaped by ``dashboards.plots.to_svg``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Section", "RawHTML", "esc", "table", "kv_table", "image", "note", "page", "fmt"]
+__all__ = ["Section", "RawHTML", "esc", "table", "kv_table", "image", "svg_figure", "note", "page", "fmt"]
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Helvetica,Arial,sans-serif;margin:0;color:#1f2328;background:#fff}
@@ -35,7 +38,9 @@ table.kv td,table.kv td.num{text-align:left}
 .grid>div{flex:1 1 340px;min-width:0}
 .grid>div.wide{flex:1.6 1 480px}
 figure{margin:.5em 0 1em}
-figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figure img,figure svg.figure{max-width:100%;height:auto;border:1px solid #eaeef2;display:block}
+svg.figure g.hover{cursor:crosshair}
+svg.figure g.hover:hover path,svg.figure g.hover:hover use{stroke-width:3.5px !important;opacity:1 !important;stroke-opacity:1 !important}
 figcaption{color:#57606a;font-size:.85em}
 .note{color:#57606a;font-size:.9em}
 .banner{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:10px 14px;margin:12px 0;font-weight:600}
@@ -106,6 +111,14 @@ def image(png: bytes, alt: str, caption: str | None = None, name: str | None = N
     cap = esc(caption or "") + (f' <code>{esc(name)}</code>' if name else "")
     return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{b64}">'
             + (f"<figcaption>{cap}</figcaption>" if cap else "") + "</figure>")
+
+
+def svg_figure(svg: str, alt: str, caption: str | None = None, name: str | None = None) -> str:
+    """An inline SVG figure (``dashboards.plots.to_svg``) whose per-trial artists show hover
+    titles; ``name`` is the static PNG of the same figure written beside the page."""
+    svg = svg.replace("<svg", f'<svg role="img" aria-label="{esc(alt)}"', 1)
+    cap = esc(caption or "") + (f' Hover a line or point for its trial. Static copy: <code>{esc(name)}</code>' if name else "")
+    return (f'<figure data-png="{esc(name or "")}">{svg}' + (f"<figcaption>{cap}</figcaption>" if cap else "") + "</figure>")
 
 
 def note(text: str) -> str:

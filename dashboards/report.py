@@ -3,13 +3,15 @@
     python -m dashboards.report --study NAME [--storage PATH] [--tracking-uri URI] [--out DIR]
 
 Writes ``DIR/report.html`` (default ``DIR`` = the study's local dir ``/report``) with every
-figure embedded as a base64 PNG, so the one file opens offline, plus the PNGs beside it, and
+figure inside it — as inline SVG whose lines and points name their trial on hover where a
+figure has one artist per trial, else as a base64 PNG — so the one file opens offline, plus
+every figure as a PNG beside it, and
 logs both as artifacts (``report/``) of the study's MLflow parent run — skipped with a warning
 when MLflow cannot be reached, because the report must not depend on it.
 
 Sections: summary (config, trial counts, best trial, wall time and compute), learning curves
-with ASHA rungs, best-so-far progress over wall-clock time, parameter importances and parallel
-coordinates, accuracy vs training-data size (next to notebook 002's bert-base table), accuracy
+with ASHA rungs, best-so-far progress over wall-clock time, parameter importances, slice plots
+(each searched key against the score) and parallel coordinates, accuracy vs training-data size (next to notebook 002's bert-base table), accuracy
 vs trainable parameters with the Pareto front, and the best trial's confusion matrix and
 loss/accuracy curves. A study without ``summary.json`` gets a banner saying the data is partial.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from study.labels import trial_label
 from trainables.config import ConfigError
 
 from . import analysis as A
@@ -36,10 +39,10 @@ __all__ = ["main", "build_parser", "build_report", "render_report", "ReportResul
 log = logging.getLogger("dashboards.report")
 
 #: Section ids of the page, in order (anchors: ``report.html#learning-curves``).
-SECTION_IDS = ("summary", "learning-curves", "progress", "importance", "parallel-coordinates", "data-size",
+SECTION_IDS = ("summary", "learning-curves", "progress", "importance", "slices", "parallel-coordinates", "data-size",
                "trainable-params", "best-trial")
 #: Every figure file the report can write (a figure that cannot be drawn is left out and explained).
-FIGURES = ("learning_curves.png", "progress.png", "param_importances.png", "parallel_coordinates.png",
+FIGURES = ("learning_curves.png", "progress.png", "param_importances.png", "slice_plots.png", "parallel_coordinates.png",
            "accuracy_vs_data_size.png", "accuracy_vs_trainable_params.png", "confusion_matrix.png",
            "best_trial_loss.png", "best_trial_accuracy.png")
 HTML_NAME = "report.html"
@@ -149,11 +152,16 @@ def _summary_section(data: StudyData, max_t: int | None, rungs: list[int]) -> H.
 
 
 def _fig_section(sec: H.Section, figs: dict[str, bytes], name: str, fig: Any, alt: str, caption: str) -> None:
-    from .plots import to_png
+    """The figure's PNG goes beside the page; the page shows it as inline SVG when it has per-trial
+    hover titles, else embeds the PNG."""
+    from .plots import hover_titles, to_png, to_svg
 
     png = to_png(fig)
     figs[name] = png
-    sec.add(H.image(png, alt, caption, name))
+    if hover_titles(fig):
+        sec.add(H.svg_figure(to_svg(fig, prefix=Path(name).stem.replace("_", "-")), alt, caption, name))
+    else:
+        sec.add(H.image(png, alt, caption, name))
 
 
 def render_report(data: StudyData, predict: bool = True, cache_dir: Path | None = None) -> tuple[str, dict[str, bytes], list[str]]:
@@ -170,8 +178,9 @@ def render_report(data: StudyData, predict: bool = True, cache_dir: Path | None 
 
     sec = H.Section("learning-curves", "Learning curves")
     _fig_section(sec, figs, "learning_curves.png", P.learning_curves(data, rungs, max_t), "learning curves",
-                 "Dev accuracy vs training samples seen; pruned trials grey and dashed (× where ASHA stopped them), "
-                 "dotted verticals at ASHA's rungs (grace_period × reduction_factor^k up to max_t).")
+                 "Dev accuracy vs training samples seen, one line per trial (its id at the line's end); pruned trials grey "
+                 "and dashed (× where ASHA stopped them), dotted verticals at ASHA's rungs (grace_period × reduction_factor^k "
+                 "up to max_t).")
     sections.append(sec)
 
     sec = H.Section("progress", "Study progress")
@@ -192,6 +201,12 @@ def render_report(data: StudyData, predict: bool = True, cache_dir: Path | None 
         notes.append(f"parameter importances {why}")
         sec.add(f'<p class="note" id="importance-missing">Parameter importances {H.esc(why)}.</p>')
     sec.add(H.note(f"Optuna study: {data.optuna_source}."))
+    sections.append(sec)
+
+    sec = H.Section("slices", "Slice plots")
+    _fig_section(sec, figs, "slice_plots.png", P.slice_plots(data), "slice plots",
+                 f"Each trial's best dev {data.metric} against the value it tried, one panel per searched key; pruned trials "
+                 "as grey crosses (their best is from fewer samples), the best trial black.")
     sections.append(sec)
 
     sec = H.Section("parallel-coordinates", "Parameters vs accuracy")
@@ -218,7 +233,8 @@ def render_report(data: StudyData, predict: bool = True, cache_dir: Path | None 
     sec = H.Section("trainable-params", "Accuracy vs trainable parameters")
     pts = A.trainable_points(data)
     front = A.pareto_front(pts)
-    _fig_section(sec, figs, "accuracy_vs_trainable_params.png", P.accuracy_vs_trainable_params(pts, front), "accuracy vs trainable parameters",
+    labels = {r["trial_id"]: trial_label(r["trial_id"], r["params"], data.searched) for r in data.rows}
+    _fig_section(sec, figs, "accuracy_vs_trainable_params.png", P.accuracy_vs_trainable_params(pts, front, labels), "accuracy vs trainable parameters",
                  "Trainable parameters grow with the rank and the number of target modules; the red step line is the Pareto front.")
     if front:
         sec.add("<h3>Pareto front</h3>", H.table(["trial", "trainable params", "best dev accuracy", "lora.r", "target modules", "state"],

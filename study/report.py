@@ -100,27 +100,43 @@ def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[s
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    t, best = summary["trials"], summary.get("best")
-    print(f"\n== study {summary['name']} ==")
-    print(f"trials: {t['total']} ({t['completed']} completed, {t['pruned']} pruned by ASHA, {t['failed']} failed)"
-          f"   wall time {summary['wall_s']:.0f}s   trial compute {summary['compute_s']:.0f}s")
+    """The end-of-study summary on stdout: counts and times, the best trial and its values, then
+    every trial (best first) in columns sized to their contents."""
+    t, best, metric = summary["trials"], summary.get("best"), summary["metric"]
+    print(f"\n== study {summary['name']}: {t['total']} trials ({t['completed']} completed, {t['pruned']} pruned by ASHA, "
+          f"{t['failed']} failed), wall time {_duration(summary['wall_s'])}, trial compute {_duration(summary['compute_s'])} ==")
     if not best:
         print("no trial reported a result")
         return
-    print(f"best trial {best['trial_id']}: {summary['metric']} {best.get(summary['metric']):.4f}  f1 {best.get('f1', float('nan')):.4f}"
-          f"  trainable params {best.get('trainable_params', 0):,}  at {best.get('samples_seen')} samples")
+    print(f"best trial {best['trial_id']} ({best.get('state')}): {metric} {_score(metric, best.get(metric))}, "
+          f"f1 {_score('f1', best.get('f1'))}, {best.get('trainable_params', 0):,} trainable params, at {best.get('samples_seen')} samples")
     for k, v in best["params"].items():
         print(f"  {k} = {v}")
-    rows = sorted(summary["table"], key=lambda r: -(r["best"].get(summary["metric"]) or -1))
     keys = list(best["params"])
-    head = f"{'trial':<12}{'state':<11}{summary['metric']:>9}{'samples':>9}  " + "  ".join(keys)
-    print("\n" + head)
+    rows = sorted(summary["table"], key=lambda r: -(r["best"].get(metric) or -1) if summary.get("mode", "max") == "max"
+                  else (r["best"].get(metric) if r["best"].get(metric) is not None else float("inf")))
+    table = [["trial", "state", metric, "samples", *keys]]
     for r in rows:
-        vals = "  ".join(_fmt(r["params"].get(k)) for k in keys)
-        acc = r["best"].get(summary["metric"])
-        print(f"{r['trial_id']:<12}{r['state']:<11}{(f'{acc:.4f}' if acc is not None else '-'):>9}{str(r['last'].get('samples_seen', '-')):>9}  {vals}")
+        table.append([r["trial_id"], r["state"], _score(metric, r["best"].get(metric)), str(r["last"].get("samples_seen", "-")),
+                      *(_fmt(r["params"].get(k)) for k in keys)])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    right = {2, 3}  # numbers right-aligned
+    print()
+    for row in table:
+        print("  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
     if summary.get("registered_model"):
         print(f"\nbest adapter registered as {summary['registered_model']['uri']}")
+
+
+def _score(metric: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 100:.2f}%" if metric in ("accuracy", "f1") else f"{v:.4f}"
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s} s" if s < 90 else f"{s // 60} min {s % 60} s" if s < 5400 else f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _fmt(v: Any) -> str:

@@ -23,6 +23,7 @@ import pyarrow.fs
 from trainables.config import ConfigError
 
 from .config import StudyConfig, flat_params, load_study_config
+from .console import LOG_NAME, console_logging, log_to_file, stderr_to_log
 from .store import (LOCAL_ROOT, StudyPaths, is_remote, lock_study, now_iso, read_study, study_paths,
                     trusted_tracking_uri, write_json)
 
@@ -86,6 +87,8 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
     base = cfg.base_trial()
     if os.path.exists(os.path.expanduser(base.data.path)):
         data["path"] = str(Path(base.data.path).expanduser().resolve())
+    else:  # embedded-sst2 or a hub id: recorded by name (study.json), resolved wherever a trial runs
+        data["path"] = base.data.path
     if os.path.isdir(os.path.expanduser(base.model.name)):
         model["name"] = str(Path(base.model.name).expanduser().resolve())
     return cfg.model_copy(update={"data": data, "model": model})
@@ -233,6 +236,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
 
     from . import searcher as S
     from .atomic_fs import AtomicLocalFS, DiskFullWatch
+    from .progress import ProgressView
     from .space import param_space
     from .strategy import build_strategy
     from .tracking import MLflowTracker
@@ -252,7 +256,9 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     callbacks.insert(0, DiskFullWatch(prep.paths.storage))
     if cfg.search:
         callbacks.append(S.OptunaJournalCallback(search_alg, prep.paths.journal))
-    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=scheduler if hasattr(scheduler, "was_pruned") else None))
+    pruned_signal = scheduler if hasattr(scheduler, "was_pruned") else None
+    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=pruned_signal, searched=sorted(cfg.search)))
+    callbacks.append(ProgressView(sorted(cfg.search), metric, mode, pruned_signal=pruned_signal))
     callbacks.append(S.RepairCheckpointRecords())
     tune_config = tune.TuneConfig(
         search_alg=search_alg, scheduler=scheduler, num_samples=cfg.study.num_samples,
@@ -267,7 +273,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.storage.checkpoints_to_keep,
                                                 checkpoint_score_attribute=metric, checkpoint_score_order=mode),
         failure_config=tune.FailureConfig(max_failures=cfg.study.max_failures),
-        verbose=1,
+        verbose=0,  # ProgressView prints the progress: Ray's tables never show the searched values
     )
     return tune.Tuner(trainable, param_space=fixed, tune_config=tune_config, run_config=run_config), scheduler
 
@@ -282,26 +288,33 @@ def _init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    # configure_logging=False: Ray's driver logs go to the study log (study.console), not stderr;
+    # trial workers log WARNING and above only (their INFO was "Checkpoint successfully created"
+    # once per evaluation, forwarded to the driver's stderr).
+    quiet = {"configure_logging": False, "runtime_env": {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}}}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, **quiet}
     if address:
-        ray.init(address=address, **({} if address.startswith("ray://") else {}))
+        ray.init(address=address, **quiet)
     else:
         ray.init(**kwargs)
 
 
 def execute(prep: Prepared, address: str | None) -> int:
     from .atomic_fs import DiskFullError
+    from .labels import legend
     from .report import summarize, print_summary
-    from .tracking import (MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run,
+    from .tracking import (MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run, study_params,
                            tracking_problem, undelivered_operations)
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # snapshots per report are intended: nothing lost on a crash
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy output prints nothing; the new one still boxes the experiment
     configure_mlflow_http()
     cfg, paths = prep.cfg, prep.paths
+    log_path = log_to_file(paths.local / LOG_NAME)
     experiment = cfg.mlflow.experiment or paths.name
     try:
-        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, flat_params(cfg),
+        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, study_params(cfg),
                                   tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
     except Exception as e:  # checked in prepare(); the server can still go away in between
         print(f"error: {tracking_problem(prep.tracking_uri, e)}", file=sys.stderr)
@@ -314,7 +327,10 @@ def execute(prep: Prepared, address: str | None) -> int:
         write_json(paths.study_json, prep.record)
     except OSError as e:
         return _stop_on_full_disk(prep, parent, e)
-    print(f"study {paths.name}: {cfg.study.num_samples} trials, results in {paths.experiment}, MLflow {prep.tracking_uri} (experiment {experiment})", flush=True)
+    print(f"study {paths.name}: {cfg.study.num_samples} trials, {cfg.study.max_concurrent} at a time, best {cfg.study.metric} wins"
+          + (" (resumed)" if prep.resume else ""), flush=True)
+    print(f"  searching {legend(sorted(cfg.search))}" if cfg.search else "  nothing searched", flush=True)
+    print(f"  results {paths.experiment}\n  log     {log_path}\n  MLflow  {prep.tracking_uri} (experiment {experiment})\n", flush=True)
     _init_ray(address)
     t0 = time.time()
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
@@ -339,15 +355,18 @@ def execute(prep: Prepared, address: str | None) -> int:
         print(f"\nstudy {paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
         return EXIT_INTERRUPTED
     if summary.get("best"):
-        summary["registered_model"] = _register_best(prep, parent, summary)
+        with stderr_to_log(log_path):  # MLflow prints "Successfully registered model …" straight to stderr
+            summary["registered_model"] = _register_best(prep, parent, summary)
     undelivered = undelivered_operations(parent)
     try:
         write_json(paths.summary_json, summary)
     except OSError as e:
         return _stop_on_full_disk(prep, parent, e)
+    _describe_best(prep, parent, summary)
     closed = finish_parent_run(prep.tracking_uri, parent, status="FINISHED", summary=_parent_summary(summary),
                                timeout_s=5.0 if undelivered else 60.0)
     print_summary(summary)
+    _print_next_steps(prep, parent)
     missing = ([f"{undelivered} operations (trial runs, metrics) not delivered"] if undelivered else []) \
         + (["the best adapter not registered"] if summary.get("best") and not summary.get("registered_model") else []) \
         + ([f"parent run {parent} not closed"] if not closed else [])
@@ -408,6 +427,36 @@ def _stop_on_full_disk(prep: Prepared, parent: str, err: OSError) -> int:
     return EXIT_FAULT
 
 
+def _describe_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> None:
+    """The best trial's values and a link to its run on the parent run (a warning if MLflow fails)."""
+    from .tracking import describe_best
+
+    if not summary.get("best"):
+        return
+    try:
+        describe_best(prep.tracking_uri, parent, summary["best"], sorted(prep.cfg.search), prep.cfg.study.metric)
+    except Exception as e:  # bookkeeping only: the study's results stand
+        log.warning("could not record the best trial on the MLflow parent run: %s", e)
+
+
+def _print_next_steps(prep: Prepared, parent: str) -> None:
+    """Where to look next: the MLflow runs table (command and URL) and the HTML report."""
+    uri, name = prep.tracking_uri, prep.paths.name
+    try:
+        from mlflow import MlflowClient
+
+        experiment_id = MlflowClient(uri).get_run(parent).info.experiment_id
+    except Exception:  # MLflow unreachable now: the command still tells where to look
+        experiment_id = None
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs" if experiment_id else "http://127.0.0.1:5000"
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        print(f"\nruns table: .venv/bin/mlflow ui --backend-store-uri {uri}   then open {page}")
+    else:
+        print(f"\nruns table: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs" if experiment_id else f"\nruns table: {uri}")
+    print(f"report:     .venv/bin/python -m dashboards.report --study {name}"
+          + ("" if prep.paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {prep.paths.storage}"), flush=True)
+
+
 def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
     best = summary.get("best") or {}
     return {"best_accuracy": best.get("accuracy"), "best_f1": best.get("f1"), "best_trial": best.get("trial_id"),
@@ -416,7 +465,7 @@ def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging()  # own warnings on stderr, one line each; libraries: the study log (execute)
     args = build_parser().parse_args(argv)
     try:
         prep = prepare(args)

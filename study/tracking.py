@@ -7,6 +7,18 @@ Layout: one MLflow experiment per study, one *parent* run per study (tags
 series with ``step = samples_seen`` -- the ASHA fidelity -- so curves of
 trials with different batch sizes line up.
 
+What a person sees in the runs table: a trial run is named after its trial id
+and searched values (``abe404f9 r=4 a=4 lr=4.0e-3 qv n=2000``, the same label
+as the console's, ``study.labels.trial_label``) and carries only the
+project's metrics (accuracy, f1, eval_loss, dev_*, train_loss, samples_seen,
+epoch, samples_per_s, trainable_params, setup_s/train_s/eval_s -- none of
+Ray's bookkeeping such as ``training_iteration`` or ``time_since_restore``)
+and its config without unset (``None``) keys.  The parent run carries the
+study's fixed config, its search space as ``search.<key>`` (not the base
+values the space overrides) and, at the end, the best trial's values as
+``best.<key>`` with a link to the best trial's run in its description
+(:func:`describe_best`).
+
 Why not Ray's ``MLflowLoggerCallback``: it keeps trial -> run ids only in
 memory and opens a new MLflow run whenever a trial (re)starts in a new driver,
 so every ``Tuner.restore`` duplicates runs.  :class:`MLflowTracker` keeps no
@@ -18,7 +30,9 @@ searcher (``RecordingASHAScheduler.was_pruned``) instead of guessing from
 ``samples_seen``.
 
 End states: completed -> FINISHED + ``lora_study.state=completed``; pruned by
-ASHA -> KILLED + ``pruned``; error -> FAILED + ``failed``.  Tune does not call
+ASHA -> FINISHED + ``pruned``, and `` · pruned at N samples`` appended to the
+run name (a pruned trial ended as planned, so it must not look like a crash,
+which KILLED would); error -> FAILED + ``failed`` (`` · failed`` in the name).  Tune does not call
 ``on_trial_complete`` for trials still running when an experiment is
 interrupted (Ctrl-C, driver crash, global stop), so on experiment start
 (``setup``, before any trial runs -- this covers resume after a crash) and on
@@ -57,8 +71,11 @@ from typing import Any, Iterable, Protocol
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT
 
 from trainables.config import flatten
+
+from .labels import short_values, trial_label
 
 __all__ = [
     "MLflowTracker",
@@ -67,8 +84,11 @@ __all__ = [
     "undelivered_operations",
     "configure_mlflow_http",
     "flatten_params",
+    "study_params",
     "start_parent_run",
     "finish_parent_run",
+    "describe_best",
+    "trial_run_id",
     "STUDY_TAG",
     "ROLE_TAG",
     "STATE_TAG",
@@ -88,8 +108,10 @@ GIT_TAG = "mlflow.source.git.commit"
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _MAX_TAG_LEN = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH; metrics allow 1000
-# Ray bookkeeping keys (ray.tune.result.DEBUG_METRICS) that are not metrics.
-_NOT_METRICS = {"trial_id", "experiment_id", "date", "timestamp", "time_unix", "pid", "hostname", "node_ip"}
+# Result keys that are not the project's metrics: Ray's bookkeeping (ray.tune.result) and the
+# trainable's own (wall-clock stamp, optimizer step, the planned sample count: a constant per trial).
+_NOT_METRICS = {*AUTO_RESULT_KEYS, *DEBUG_METRICS, DONE, SHOULD_CHECKPOINT, EXPERIMENT_TAG,
+                "time_unix", "step", "samples_total"}
 
 
 class PrunedSignal(Protocol):
@@ -166,8 +188,28 @@ def undelivered_operations(parent_run_id: str) -> int:
 
 
 def flatten_params(config: dict) -> dict[str, str]:
-    """Nested dict -> ``{"a.b": "value"}`` with values cut to MLflow's 6000 chars."""
-    return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(config).items()}
+    """Nested dict -> ``{"a.b": "value"}`` with values cut to MLflow's 6000 chars; unset
+    (``None``) keys are left out (a column of ``None`` says nothing)."""
+    return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(config).items() if v is not None}
+
+
+def _dist_text(dist: Any) -> str:
+    v = getattr(dist, dist.kind)
+    return f"{dist.kind} {list(v)}"
+
+
+def study_params(cfg: Any) -> dict[str, str]:
+    """The parent run's params for a ``StudyConfig``: every trial's fixed config (defaults
+    included, unset keys left out), the search space as ``search.<key>`` (``choice [4, 8, 16]``)
+    *instead of* the base values it overrides (``lora.alpha`` too when ``lora.alpha_multiple`` is
+    searched: the multiple replaces it), and the study's own sections (``study.*``,
+    ``asha.*``, ``optuna.*``, ``resources.*``, ``storage.*``, ``mlflow.*``)."""
+    overridden = set(cfg.search) | ({"lora.alpha"} if "lora.alpha_multiple" in cfg.search else set())
+    fixed = {k: v for k, v in cfg.base_trial().to_flat().items() if k not in overridden}
+    sections = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("model", "data", "lora", "train", "search")}
+    params = flatten_params({**fixed, **flatten(sections)})
+    params.update({f"search.{k}": _dist_text(d)[:_MAX_PARAM_LEN] for k, d in sorted(cfg.search.items())})
+    return params
 
 
 def _git_commit() -> str | None:
@@ -294,6 +336,43 @@ def finish_parent_run(
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
 
 
+def trial_run_id(tracking_uri: str, parent_run_id: str, trial_id: str) -> str | None:
+    """The MLflow run of Ray trial ``trial_id`` under the study's parent run (``None``: none)."""
+    client = _client(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{PARENT_TAG}` = {_q(parent_run_id)} and tags.`{TRIAL_ID_TAG}` = {_q(trial_id)}",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def describe_best(tracking_uri: str, parent_run_id: str, best: dict[str, Any], searched: Iterable[str],
+                  metric: str = "accuracy") -> str | None:
+    """Put the best trial on the study's parent run: its searched values as params
+    ``best.<key>``, tags ``lora_study.best_trial`` / ``lora_study.best_run_id``, and a description
+    (``mlflow.note.content``, shown on the run page) naming it with a link to its run. Returns the
+    best trial's run id (``None`` if it has no run)."""
+    client = _client(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run_id = trial_run_id(tracking_uri, parent_run_id, best["trial_id"])
+    values = best.get("params") or {}
+    label = trial_label(best["trial_id"], values, searched)
+    where = f"[{label}](#/experiments/{experiment_id}/runs/{run_id})" if run_id else label
+    score = best.get(metric)
+    note = (f"**Best trial**: {where} — {metric} {score:.4f}" if isinstance(score, Number) else f"**Best trial**: {where}")
+    if best.get("samples_seen") is not None:
+        note += f" at {best['samples_seen']} samples seen ({best.get('state', '')})"
+    tags = {"lora_study.best_trial": best["trial_id"], "lora_study.best_values": short_values(values, searched),
+            "mlflow.note.content": note + "."}
+    if run_id:
+        tags["lora_study.best_run_id"] = run_id
+    _log_params_and_tags(client, parent_run_id, flatten_params({f"best.{k}": v for k, v in values.items()}), tags)
+    return run_id
+
+
 class MLflowTracker(Callback):
     """One nested MLflow child run per Ray trial, safe across restores and outages.
 
@@ -305,6 +384,7 @@ class MLflowTracker(Callback):
             the ``RecordingASHAScheduler`` (``study.searcher.make_scheduler``).
             Without it every trial that stops without error counts as completed.
         step_attr: result key used as the MLflow step (the ASHA fidelity).
+        searched: the searched config keys; trial runs are named after their values.
         retry_interval_s: wait this long after a failed MLflow call before
             trying to drain the buffer again.
         final_flush_timeout_s: how long ``on_experiment_end`` keeps retrying.
@@ -321,6 +401,7 @@ class MLflowTracker(Callback):
         *,
         pruned_signal: PrunedSignal | None = None,
         step_attr: str = "samples_seen",
+        searched: Iterable[str] = (),
         retry_interval_s: float = 10.0,
         final_flush_timeout_s: float = 60.0,
     ) -> None:
@@ -328,6 +409,7 @@ class MLflowTracker(Callback):
         self.parent_run_id = parent_run_id
         self.pruned_signal = pruned_signal
         self.step_attr = step_attr
+        self.searched = list(searched)
         self.retry_interval_s = retry_interval_s
         self.final_flush_timeout_s = final_flush_timeout_s
         self._init_runtime()
@@ -365,9 +447,7 @@ class MLflowTracker(Callback):
         self._submit("sweep", None, None)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        tag = getattr(trial, "experiment_tag", "") or ""
-        run_name = (f"{trial.trial_id}-{tag}" if tag else trial.trial_id)[:250]
-        self._submit("start", trial.trial_id, (run_name, flatten_params(trial.config or {})))
+        self._submit("start", trial.trial_id, (self._run_name(trial), flatten_params(trial.config or {})))
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -378,10 +458,15 @@ class MLflowTracker(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         pruned = self.pruned_signal is not None and self.pruned_signal.was_pruned(trial.trial_id)
-        self._submit("end", trial.trial_id, ("KILLED", "pruned") if pruned else ("FINISHED", "completed"))
+        if pruned:
+            seen = (getattr(trial, "last_result", None) or {}).get(self.step_attr)
+            marker = f" · pruned at {seen} samples" if isinstance(seen, Number) else " · pruned"
+            self._submit("end", trial.trial_id, ("FINISHED", "pruned", (self._run_name(trial) + marker)[:250]))
+        else:
+            self._submit("end", trial.trial_id, ("FINISHED", "completed", None))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._submit("end", trial.trial_id, ("FAILED", "failed"))
+        self._submit("end", trial.trial_id, ("FAILED", "failed", (self._run_name(trial) + " · failed")[:250]))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._pending.append(("sweep", None, None))
@@ -403,8 +488,12 @@ class MLflowTracker(Callback):
         self._pending.extendleft(reversed(state.get("pending", [])))
 
     # -- internals --------------------------------------------------------------------
+    def _run_name(self, trial: Any) -> str:
+        """``<trial id> <searched values>`` (a tracker pickled before ``searched`` existed: the id)."""
+        return trial_label(trial.trial_id, trial.config or {}, getattr(self, "searched", ()))[:250]
+
     def _metrics(self, result: dict) -> list[tuple[str, float, int, int]]:
-        """Numeric entries of a Tune result as (key, value, timestamp_ms, step)."""
+        """The project's numeric entries of a Tune result as (key, value, timestamp_ms, step)."""
         step = result.get(self.step_attr, result.get("training_iteration", 0))
         step = int(step) if isinstance(step, Number) and math.isfinite(step) else 0
         now = int(time.time() * 1000)
@@ -515,10 +604,12 @@ class MLflowTracker(Callback):
                 for i in range(0, len(metrics), 1000):
                     client.log_batch(run_id, metrics=metrics[i : i + 1000])
         elif kind == "end":
-            status, state = payload
+            status, state, name = (*payload, None)[:3]  # a buffer restored from before names: 2-tuples
             run_id = self._run_id(trial_id)
             if run_id is not None:
                 client.set_tag(run_id, STATE_TAG, state)
+                if name:
+                    client.update_run(run_id, name=name)
                 client.set_terminated(run_id, status=status)
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown MLflow operation {kind!r}")

@@ -104,7 +104,10 @@ def tiny_study_args(name: str, home: Path, model: Path, data: Path, num_samples:
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory, tiny_bert, sst2_small):
-    """A finished 6-trial study on the tiny BERT (ASHA + Optuna + MLflow): (name, home dir)."""
+    """A finished 6-trial study on the tiny BERT (ASHA + Optuna + MLflow): (name, home dir). What
+    the command printed is kept beside it, ``home/console.stdout`` and ``home/console.stderr``."""
     home = tmp_path_factory.mktemp("studies")
-    run_study(tiny_study_args("tiny", home, tiny_bert, sst2_small), home)
+    proc = run_study(tiny_study_args("tiny", home, tiny_bert, sst2_small), home)
+    (home / "console.stdout").write_text(proc.stdout)
+    (home / "console.stderr").write_text(proc.stderr)
     return "tiny", home

@@ -25,7 +25,9 @@ __all__ = [
     "TrialConfig",
     "TARGET_PRESETS",
     "DEFAULT_MODEL",
+    "EMBEDDED_DATA",
     "default_data_path",
+    "resolve_data_path",
     "flatten",
     "unflatten",
     "parse_overrides",
@@ -52,9 +54,25 @@ class ConfigError(ValueError):
     """A configuration problem, reported to the user as one line (no traceback)."""
 
 
+#: Name that resolves to the GLUE SST-2 train/dev splits shipped inside this package
+#: (``trainables/datasets/sst2/``, attribution in its README).
+EMBEDDED_DATA = "embedded-sst2"
+
+
 def default_data_path() -> str:
-    """SST-2 as laid out beside the project (``../shared/data/sst2``), or ``$LORA_STUDY_DATA``."""
-    return os.environ.get("LORA_STUDY_DATA", "../shared/data/sst2")
+    """``$LORA_STUDY_DATA`` if set, else the embedded SST-2 (``embedded-sst2``).
+
+    Why a name and not the package path: configs and ``study.json`` record the name, which every
+    machine (another clone, a Ray worker node, a resumed study) resolves to its own installed copy
+    with :func:`resolve_data_path`; an absolute path would only exist where it was written."""
+    return os.environ.get("LORA_STUDY_DATA") or EMBEDDED_DATA
+
+
+def resolve_data_path(path: str) -> str:
+    """``embedded-sst2`` → the directory of the embedded SST-2 parquet files; anything else as given."""
+    if path == EMBEDDED_DATA:
+        return str(Path(__file__).resolve().parent / "datasets" / "sst2")
+    return path
 
 
 class _Section(BaseModel):
@@ -79,7 +97,8 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     path: str = Field(default_factory=default_data_path)
-    """A directory holding ``train.*`` and ``dev.*``/``validation.*`` (tsv, csv, parquet, jsonl),
+    """``embedded-sst2`` (default unless ``$LORA_STUDY_DATA`` is set: GLUE SST-2 train/dev shipped in
+    this package, works offline), a directory holding ``train.*`` and ``dev.*``/``validation.*`` (tsv, csv, parquet, jsonl),
     a single such file (a stratified dev split is carved off), or a Hugging Face hub dataset id
     (e.g. ``nyu-mll/glue`` with ``hub_config: sst2``) for users who are online."""
     hub_config: str | None = None

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import ConfigError, DataConfig
+from .config import ConfigError, DataConfig, resolve_data_path
 from .hub import check_hub_name, looks_like_hub_id
 
 __all__ = [
@@ -248,7 +248,7 @@ def _load_hub(cfg: DataConfig) -> tuple[Any, Any, str]:
 
 def load_splits(cfg: DataConfig) -> RawSplits:
     """Load train and dev texts with integer label ids; every input problem is a ``DataError``."""
-    path = Path(os.path.expanduser(cfg.path))
+    path = Path(os.path.expanduser(resolve_data_path(cfg.path)))
     if path.is_dir():
         train_p = _find_split(path, ["train"])
         dev_p = _find_split(path, ["dev", "validation", "valid", "val"])

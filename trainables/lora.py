@@ -33,7 +33,6 @@ time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -43,14 +42,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-import torch
+if __name__ == "__main__":  # --help and bad arguments are answered before torch and transformers load (seconds)
+    from trainables.cli import build_parser as _cli
 
-from .config import ConfigError, TrialConfig, apply_overrides, load_yaml, parse_overrides
-from .data import TokenizedSplit, TrialData, collate, make_batches, prepare_data
-from .dropout import use_fast_dropout
-from .model import build_model, load_tokenizer
-from .pooling import pooling_of
+    _cli().parse_args()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .cli import build_parser  # noqa: E402
+from .config import ConfigError, TrialConfig, apply_overrides, load_yaml, parse_overrides  # noqa: E402
+from .data import TokenizedSplit, TrialData, collate, make_batches, prepare_data  # noqa: E402
+from .dropout import use_fast_dropout  # noqa: E402
+from .model import build_model, load_tokenizer  # noqa: E402
+from .pooling import pooling_of  # noqa: E402
 
 __all__ = [
     "train",
@@ -442,12 +447,7 @@ def _copy_checkpoint(src: str, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainables.lora", description="Train one LoRA configuration (no Ray needed).")
-    ap.add_argument("--config", help="YAML with model/data/lora/train sections (e.g. trainables/configs/seed-002.yaml)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set lora.r=16")
-    ap.add_argument("--out", help="directory for the latest checkpoint (out/last) and metrics.json")
-    ap.add_argument("--resume-from", help="checkpoint directory to continue from (e.g. OUT/last)")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         raw = load_yaml(args.config) if args.config else {}
         cfg = TrialConfig.from_dict(apply_overrides(raw, parse_overrides(args.set)))

@@ -1,4 +1,6 @@
-"""study.tracking: one MLflow child run per trial, right end states, restore- and outage-safe.
+"""study.tracking: one MLflow child run per trial, right end states, restore- and outage-safe;
+runs a person can read (named after the searched values, only the project's metrics, a parent run
+with the study's config and search space, no ``None`` params, pruned trials not looking failed).
 
 Most tests drive ``MLflowTracker`` hooks directly with stand-in trials (fast, deterministic);
 one test runs the whole stack (searcher + ASHA + tracker) through an interrupt and two
@@ -19,15 +21,19 @@ from mlflow.tracking import MlflowClient
 
 import study.tracking as tracking
 from study.searcher import make_scheduler, make_searcher
+from study.config import load_study_config
 from study.tracking import (
     PARENT_TAG,
     STATE_TAG,
     TRIAL_ID_TAG,
     MLflowTracker,
+    describe_best,
     finish_parent_run,
     flatten_params,
     start_parent_run,
+    study_params,
 )
+from tests.conftest import ROOT
 from tests.study.test_searcher import (  # noqa: F401  (ray_local is a fixture)
     MAX_T,
     POINTS,
@@ -70,9 +76,16 @@ def fake_trial(trial_id: str, **config) -> SimpleNamespace:
     return SimpleNamespace(trial_id=trial_id, config=config, experiment_tag=f"1_{trial_id}")
 
 
+#: What Ray adds to every result (ray.tune.result): none of it may become an MLflow metric.
+RAY_KEYS = {"training_iteration": 3, "time_this_iter_s": 0.5, "time_total_s": 1.5, "time_since_restore": 1.5,
+            "iterations_since_restore": 3, "timestamp": 1700000000, "pid": 1, "done": False, "should_checkpoint": True,
+            "checkpoint_dir_name": "checkpoint_000002", "node_ip": "127.0.0.1", "date": "2026-11-29"}
+
+
 def report(tracker: MLflowTracker, trial, *steps: int) -> None:
     for s in steps:
-        result = {"accuracy": s / 100, "samples_seen": s, "done": False, "pid": 1, "config": trial.config}
+        result = {"accuracy": s / 100, "f1": s / 200, "samples_seen": s, "samples_total": 40, "step": s // 10,
+                  "time_unix": 1700000000.5, "trainable_params": 1234, **RAY_KEYS, "config": trial.config}
         tracker.on_trial_result(0, [], trial, result)
 
 
@@ -93,15 +106,16 @@ def steps(uri: str, run, key: str = "accuracy") -> list[int]:
 
 
 def test_child_runs_params_metrics_and_end_states(mlflow_uri, parent):
-    tracker = MLflowTracker(mlflow_uri, parent, pruned_signal=PrunedSet("pruned"))
+    tracker = MLflowTracker(mlflow_uri, parent, pruned_signal=PrunedSet("pruned"), searched=["lora.r", "train.lr"])
     tracker.setup()
-    config = {"lora": {"r": 8, "alpha": 16}, "note": "n" * 7000}
+    config = {"lora.r": 8, "lora.alpha": 16, "train.lr": 0.004, "data.cache_dir": None, "note": "n" * 7000}
     trials = {t: fake_trial(t, **config) for t in ("done", "pruned", "err")}
     for t in trials.values():
         tracker.on_trial_start(0, [], t)
         report(tracker, t, 10, 20)
     report(tracker, trials["done"], 40)
     tracker.on_trial_complete(0, [], trials["done"])
+    trials["pruned"].last_result = {"samples_seen": 20}
     tracker.on_trial_complete(0, [], trials["pruned"])
     tracker.on_trial_error(0, [], trials["err"])
     tracker.on_trial_complete(0, [], fake_trial("never-started"))  # Tune may stop PENDING trials
@@ -110,19 +124,19 @@ def test_child_runs_params_metrics_and_end_states(mlflow_uri, parent):
 
     runs = children(mlflow_uri, parent)
     assert sorted(r.data.tags[TRIAL_ID_TAG] for r in runs) == ["done", "err", "pruned"]
-    expected = {
-        "done": ("FINISHED", "completed"),
-        "pruned": ("KILLED", "pruned"),
-        "err": ("FAILED", "failed"),
+    expected = {  # a pruned trial ended as planned: FINISHED like a completed one, told apart by tag and name
+        "done": ("FINISHED", "completed", "done r=8 lr=4.0e-3"),
+        "pruned": ("FINISHED", "pruned", "pruned r=8 lr=4.0e-3 · pruned at 20 samples"),
+        "err": ("FAILED", "failed", "err r=8 lr=4.0e-3 · failed"),
     }
     for run in runs:
         tid = run.data.tags[TRIAL_ID_TAG]
-        assert (run.info.status, run.data.tags[STATE_TAG]) == expected[tid]
-        assert run.info.run_name == f"{tid}-1_{tid}"
+        assert (run.info.status, run.data.tags[STATE_TAG], run.info.run_name) == expected[tid]
         assert run.data.params["lora.r"] == "8" and run.data.params["lora.alpha"] == "16"
+        assert "data.cache_dir" not in run.data.params  # unset keys are not logged as "None"
         assert len(run.data.params["note"]) == 6000
         assert steps(mlflow_uri, run) == ([10, 20, 40] if tid == "done" else [10, 20])
-        assert "pid" not in run.data.metrics and "done" not in run.data.metrics
+        assert set(run.data.metrics) == {"accuracy", "f1", "samples_seen", "trainable_params"}, sorted(run.data.metrics)
         assert run.data.metrics["samples_seen"] == (40 if tid == "done" else 20)
 
     parent_run = MlflowClient(mlflow_uri).get_run(parent)
@@ -250,7 +264,7 @@ def test_unreachable_server_does_not_block_the_driver():
     tracker.on_experiment_end([])
     assert time.monotonic() - t0 < 15
     assert tracker.pending == 24  # sweep + start + 20 results + end + final sweep, all kept
-    assert flatten_params({"a": {"b": [1, 2]}, "c": None}) == {"a.b": "[1, 2]", "c": "None"}
+    assert flatten_params({"a": {"b": [1, 2]}, "c": None}) == {"a.b": "[1, 2]"}
 
 
 def test_tuner_interrupt_and_restore_gives_one_run_per_trial(ray_local, mlflow_uri, parent, tmp_path):
@@ -279,9 +293,41 @@ def test_tuner_interrupt_and_restore_gives_one_run_per_trial(ray_local, mlflow_u
             assert (run.info.status, run.data.tags[STATE_TAG]) == ("FAILED", "failed")
             continue
         info = third[tid]
-        want = ("KILLED", "pruned") if was_pruned(info) else ("FINISHED", "completed")
+        want = ("FINISHED", "pruned") if was_pruned(info) else ("FINISHED", "completed")
         assert (run.info.status, run.data.tags[STATE_TAG]) == want, (tid, info["samples"])
         # A resumed trial may re-report the steps after its last checkpoint; the set is exact.
         assert sorted(set(steps(mlflow_uri, run))) == sorted(set(info["samples"]))
         assert run.data.params["x"] == str(info["config"]["x"])
     assert any(r.data.tags[STATE_TAG] == "pruned" for r in runs)
+
+
+def test_parent_params_are_the_study_not_the_base_values_of_searched_keys():
+    cfg = load_study_config(ROOT / "study" / "configs" / "sst2-quick.yaml")
+    params = study_params(cfg)
+    searched = set(cfg.search)
+    assert searched and not searched & set(params), "base values of searched keys would contradict the trials"
+    assert "lora.alpha" not in params  # replaced by the searched lora.alpha_multiple
+    assert params["search.lora.r"] == "choice [4, 8, 16]"
+    assert params["search.train.lr"] == "loguniform [0.0001, 0.005]"
+    assert params["train.batch_size"] == "32" and params["asha.grace_period"] == "500"
+    assert "None" not in params.values() and not any(k.startswith("search.") and "None" in v for k, v in params.items())
+
+
+def test_best_trial_on_the_parent_run(mlflow_uri, parent):
+    tracker = MLflowTracker(mlflow_uri, parent, searched=["lora.r", "train.lr"])
+    tracker.setup()
+    trial = fake_trial("abe404f9", **{"lora.r": 4, "train.lr": 0.004})
+    tracker.on_trial_start(0, [], trial)
+    report(tracker, trial, 10)
+    tracker.on_trial_complete(0, [], trial)
+    tracker.on_experiment_end([])
+    best = {"trial_id": "abe404f9", "accuracy": 0.875, "samples_seen": 10, "state": "completed",
+            "params": {"lora.r": 4, "train.lr": 0.004}}
+    run_id = describe_best(mlflow_uri, parent, best, ["lora.r", "train.lr"])
+    assert run_id == child(mlflow_uri, parent, "abe404f9").info.run_id
+    run = MlflowClient(mlflow_uri).get_run(parent)
+    assert run.data.params["best.lora.r"] == "4" and run.data.params["best.train.lr"] == "0.004"
+    assert run.data.tags["lora_study.best_run_id"] == run_id
+    note = run.data.tags["mlflow.note.content"]
+    assert f"(#/experiments/{run.info.experiment_id}/runs/{run_id})" in note
+    assert "abe404f9 r=4 lr=4.0e-3" in note and "0.8750" in note

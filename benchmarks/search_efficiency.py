@@ -59,6 +59,8 @@ from benchmarks.common import BenchmarkError, run_metadata, sst2_dir, write_json
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_TABLE = RESULTS / "curves-sst2-space.parquet"
 MAIN = ("ours", "stock_optuna_asha", "random_asha", "random_fifo")
+#: Random configurations a table needs before replay: fewer leave the snapping weights unfit.
+MIN_CONFIGS = 5
 
 
 # --------------------------------------------------------------------------- strategies
@@ -200,7 +202,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
 
     cfg = _space_cfg(args)
     table = CurveTable(load_table(args.table), cfg.search)
-    if len(table.random_curves()) < 10:
+    if len(table.random_curves()) < MIN_CONFIGS:
         raise BenchmarkError(f"{args.table}: only {len(table.random_curves())} configurations recorded; record more first")
     table.fit_weights()
     return cfg, table

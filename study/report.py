@@ -108,8 +108,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if not best:
         print("no trial reported a result")
         return
-    print(f"best trial {best['trial_id']} ({best.get('state')}): {metric} {_score(metric, best.get(metric))}, "
-          f"f1 {_score('f1', best.get('f1'))}, {best.get('trainable_params', 0):,} trainable params, at {best.get('samples_seen')} samples")
+    print(f"best trial {best['trial_id']} ({best.get('state')}): {metric} {_shown(metric, best.get(metric))}, "
+          f"f1 {_shown('f1', best.get('f1'))}, {best.get('trainable_params', 0):,} trainable params, at {best.get('samples_seen')} samples")
     for k, v in best["params"].items():
         print(f"  {k} = {v}")
     keys = list(best["params"])
@@ -117,7 +117,7 @@ def print_summary(summary: dict[str, Any]) -> None:
                   else (r["best"].get(metric) if r["best"].get(metric) is not None else float("inf")))
     table = [["trial", "state", metric, "samples", *keys]]
     for r in rows:
-        table.append([r["trial_id"], r["state"], _score(metric, r["best"].get(metric)), str(r["last"].get("samples_seen", "-")),
+        table.append([r["trial_id"], r["state"], _shown(metric, r["best"].get(metric)), str(r["last"].get("samples_seen", "-")),
                       *(_fmt(r["params"].get(k)) for k in keys)])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     right = {2, 3}  # numbers right-aligned
@@ -128,7 +128,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"\nbest adapter registered as {summary['registered_model']['uri']}")
 
 
-def _score(metric: str, v: Any) -> str:
+def _shown(metric: str, v: Any) -> str:
     if v is None:
         return "-"
     return f"{v * 100:.2f}%" if metric in ("accuracy", "f1") else f"{v:.4f}"

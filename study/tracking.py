@@ -157,9 +157,12 @@ def check_tracking(tracking_uri: str) -> None:
     from .store import file_lock
 
     configure_mlflow_http()
-    retries = logging.getLogger("urllib3.connectionpool")  # one "Retrying …" warning per attempt: the line below says it
-    level = retries.level
-    retries.setLevel(logging.ERROR)
+    # urllib3: one "Retrying …" warning per attempt (the line below says it); MLflow's sqlite
+    # migrations: INFO lines on MLflow's own stderr handler, before the study log exists
+    quiet = [logging.getLogger(n) for n in ("urllib3.connectionpool", "mlflow.store.db.utils", "alembic")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
         if tracking_uri.startswith("sqlite:///"):
             db = Path(tracking_uri[len("sqlite:///"):])
@@ -173,7 +176,8 @@ def check_tracking(tracking_uri: str) -> None:
     except Exception as e:
         raise ConfigError(tracking_problem(tracking_uri, e)) from None
     finally:
-        retries.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
 
 
 #: parent run id -> MLflow operations still undelivered when the experiment ended in this process.

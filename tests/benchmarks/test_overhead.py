@@ -39,6 +39,7 @@ def test_breakdown_tiles_the_wall_time():
     assert b["replay_startup_s"] == pytest.approx(2.0) and b["replay_eval_overhead_s"] == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end(tiny_bert, sst2_small, tmp_path):
     out = tmp_path / "overhead.json"
     env = {**os.environ, "LORA_STUDY_DATA": str(sst2_small)}

@@ -190,6 +190,7 @@ def tiny_space(path, model, data):
     return path
 
 
+@pytest.mark.slow
 def test_record_replay_live_end_to_end_on_a_tiny_model(tiny_bert, sst2_small, tmp_path):
     """Record a 6-configuration table on the tiny BERT, replay it, then run two strategies live and
     compare: every live evaluation of a recorded configuration equals the table (same trainable,
@@ -201,7 +202,10 @@ def test_record_replay_live_end_to_end_on_a_tiny_model(tiny_bert, sst2_small, tm
     rec = subprocess.run([*base, "record", "--n", "6"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rec.returncode == 0, rec.stderr[-3000:]
     frame = load_table(table)
-    assert frame["config"].nunique() == 6 + 4 and set(frame["samples_seen"]) <= {112, 208, 400, 200}
+    assert frame["config"].nunique() == 6 + 4
+    for cid, rows in frame.groupby("config"):  # evaluations at the first batch past 100, 200, 400 and at the end
+        seen = rows["samples_seen"].tolist()
+        assert seen == sorted(set(seen)) and 2 <= len(seen) <= 3 and seen[-1] in (200, 400) and 100 <= seen[0] < 200, (cid, seen)
     assert {"dev_accuracy", "cpu_s", "setup_cpu_s"} <= set(frame.columns)
     out = tmp_path / "live.json"
     live = subprocess.run([*base, "live", "--strategies", "random_fifo,ours", "--budget-s", "40", "--workers", "1",

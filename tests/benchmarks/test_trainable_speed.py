@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "trainable_speed.py"
 KEYS = ("ours", "hf_trainer", "hf_trainer_grouped", "padding_efficiency")
@@ -20,6 +22,7 @@ def _run(args, env):
                           text=True, timeout=1200)  # generous: a busy 2-core machine
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_json(sst2, tmp_path):
     out = tmp_path / "speed.json"
     env = {**os.environ, "LORA_STUDY_DATA": str(sst2)}
@@ -40,6 +43,7 @@ def test_tiny_run_writes_json(sst2, tmp_path):
     assert "ours" in proc.stdout and "samples/s" in proc.stdout.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_warmup_steps_are_excluded(sst2, tmp_path):
     out = tmp_path / "speed.json"
     env = {**os.environ, "LORA_STUDY_DATA": str(sst2)}

@@ -36,7 +36,7 @@ REQUIRED_SERVICES = ("ray-head", "ray-worker", "mlflow", "postgres", "minio", "m
 RAY_NODES = ("ray-head", "ray-worker")
 HEAD_PORTS = (8265, 10001)  # dashboard/job API, Ray Client
 RESULTS_MOUNT = "/shared/ray_results"
-PROJECT_PACKAGES = ("study", "trainables", "dashboards")
+PROJECT_PACKAGES = ("study", "trainables", "dashboards", "benchmarks")
 # third-party modules that may appear as `python -m X` in these files
 EXTERNAL_MODULES = frozenset({"pip", "venv", "pytest"})
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)

@@ -98,6 +98,7 @@ def two_nodes():
             shutil.rmtree(node.temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_study_on_two_nodes_survives_losing_the_worker_node(tmp_path, tiny_bert, sst2_small, two_nodes):
     """A study joins the cluster (``--address``, 1 CPU per trial, 2 at a time) and runs trials on
     both nodes (two distinct Ray node ids). The worker node dies (SIGKILL to its raylet, then to

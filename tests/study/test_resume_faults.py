@@ -51,6 +51,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ROOT, run_study, tiny_study_args
 
 EVAL_EVERY = 100  # tiny_study_args: train.eval_every_samples
@@ -288,6 +290,7 @@ def snapshot_trials(experiment: Path) -> dict[str, tuple[str, str | None]]:
     return out
 
 
+@pytest.mark.slow
 def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
     """Issue 3: the driver dies (SIGKILL, with its local Ray) once a trial has a checkpoint;
     ``--resume`` finishes the study with exactly num_samples trials, nothing lost or duplicated.
@@ -327,6 +330,7 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
     assert "interrupted" not in out.stdout
 
 
+@pytest.mark.slow
 def test_three_random_driver_kills(tmp_path, tiny_bert, sst2_small):
     """Issue 6, fault 1: SIGKILL the driver at a random point three times in a row, each time
     followed by ``--resume``; the study ends with exactly num_samples trials, every trial's history
@@ -458,6 +462,7 @@ class MlflowServer:
             assert not self.healthy()
 
 
+@pytest.mark.slow
 def test_mlflow_server_outage_is_buffered(tmp_path, tiny_bert, sst2_small):
     """Issue 6, fault 4 (and "real services outside Docker"): the MLflow server is SIGKILLed once
     a trial has reported, stays down ~8 s and comes back on the same port. The study does not crash;
@@ -524,6 +529,7 @@ def test_mlflow_server_outage_is_buffered(tmp_path, tiny_bert, sst2_small):
 # --------------------------------------------------------------------------- issue 6 fault 5
 
 
+@pytest.mark.slow
 def test_checkpoint_disk_is_bounded(tmp_path, tiny_bert, sst2_small):
     """Issue 6, fault 5: disk per study is bounded by ``storage.checkpoints_to_keep``.
 

@@ -88,6 +88,12 @@ STRATEGIES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "random_asha": ("random search + ASHA", _variant(study={"searcher": "random", "seed_points": False})),
     "random_fifo": ("random search, every trial trained to its end",
                     _variant(study={"searcher": "random", "seed_points": False}, asha={"enabled": False})),
+    # ablations of ours, and a candidate
+    "ours_no_seeds": ("ours without the seed recipes first", _variant(study={"seed_points": False})),
+    "ours_stock_feedback": ("ours, but ASHA-stopped trials told COMPLETE at low fidelity (stock Ray)",
+                            _variant(optuna={"pruned_feedback": False})),
+    "rung_tpe": ("TPE fitted on the highest ASHA rung with enough results (BOHB-style) + seeds + ASHA",
+                 _variant(study={"searcher": "rung-tpe"})),
 }
 
 

@@ -83,11 +83,13 @@ class StudySection(_Section):
     """Stop starting/continuing trials after this many seconds of study wall time."""
     seed: int = 0
     """Seed of the search (Optuna's sampler); trials keep their own ``train.seed``."""
-    searcher: Literal["lora-study", "optuna", "random"] = "lora-study"
+    searcher: Literal["lora-study", "rung-tpe", "optuna", "random"] = "lora-study"
     """How configurations are chosen. ``lora-study``: this project's searcher (``study/strategy.py``
-    says what it adds and the benchmark that chose it); ``optuna``: stock Ray ``OptunaSearch`` with
-    Optuna's default TPE (what a bare Ray Tune + Optuna script does; with ASHA, Ray's stock
-    ``ASHAScheduler``); ``random``: random search over the same space."""
+    says what it adds and the benchmark that chose it); ``rung-tpe``: TPE fitted on the highest
+    ASHA rung with enough results (BOHB-style, ``study/rung_tpe.py``), a candidate the search
+    benchmark measures; ``optuna``: stock Ray ``OptunaSearch`` with Optuna's default TPE (what a
+    bare Ray Tune + Optuna script does; with ASHA, Ray's stock ``ASHAScheduler``); ``random``:
+    random search over the same space."""
     seed_points: bool = True
     """Start with the two seed notebooks' configurations (r=4 α=16 lr=1e-4 q,v and r=8 α=16
     dropout 0.1 q,v) so the study can only beat the hand-picked recipes."""

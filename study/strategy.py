@@ -57,7 +57,13 @@ def build_strategy(cfg: StudyConfig, n_train: int) -> Strategy:
         return Strategy(BasicVariantGenerator(points_to_evaluate=points or None, max_concurrent=cfg.study.max_concurrent),
                         scheduler, callbacks, max_t)
     space = searched_space(cfg)
-    if kind == "lora-study":
+    if kind == "rung-tpe":
+        from .rung_tpe import RungTPESearch
+
+        rungs = _asha_rungs(cfg, max_t) if max_t else [max_samples(cfg, n_train)]
+        searcher = ConcurrencyLimiter(RungTPESearch(space, metric, mode, rungs=rungs, seed=seed, points_to_evaluate=points or None),
+                                      max_concurrent=cfg.study.max_concurrent)
+    elif kind == "lora-study":
         searcher = S.make_searcher(space, metric, mode, seed=seed, points_to_evaluate=points or None,
                                    max_concurrent=cfg.study.max_concurrent, pruned_feedback=cfg.optuna.pruned_feedback)
     else:
@@ -67,3 +73,12 @@ def build_strategy(cfg: StudyConfig, n_train: int) -> Strategy:
                          points_to_evaluate=[dict(p) for p in points] or None),
             max_concurrent=cfg.study.max_concurrent)
     return Strategy(searcher, scheduler, callbacks, max_t)
+
+
+def _asha_rungs(cfg: StudyConfig, max_t: int) -> list[int]:
+    """ASHA's rungs (``grace_period * reduction_factor**k`` up to ``max_t``), where the rung model compares trials."""
+    rungs, r = [], float(min(cfg.asha.grace_period, max_t))
+    while r < max_t:
+        rungs.append(int(r))
+        r *= cfg.asha.reduction_factor
+    return [*rungs, max_t]

@@ -86,3 +86,29 @@ def test_max_samples_is_largest_size_times_epochs():
     assert max_samples(cfg, 1000) == 2000
     cfg = StudyConfig.model_validate({"search": {"data.size": {"choice": [100, 300]}}, "train": {"epochs": 1.5}})
     assert max_samples(cfg, 1000) == 450
+
+
+def test_rung_tpe_strategy_compares_trials_at_asha_rungs():
+    """``study.searcher: rung-tpe`` builds the BOHB-style searcher over ASHA's rungs (grace 500,
+    factor 2, max 8000 → 500 … 8000); the model uses the highest rung with d + 2 results."""
+    from study.config import StudyConfig
+    from study.rung_tpe import RungTPESearch
+    from study.strategy import build_strategy
+
+    cfg = StudyConfig.model_validate({
+        "study": {"searcher": "rung-tpe", "seed_points": False, "max_concurrent": 2},
+        "asha": {"grace_period": 500, "reduction_factor": 2, "max_t": 8000},
+        "search": {"train.lr": {"loguniform": [1e-5, 5e-3]}, "lora.r": {"choice": [4, 8]}},
+    })
+    searcher = build_strategy(cfg, 60000).searcher.searcher
+    assert isinstance(searcher, RungTPESearch) and searcher._rungs == [500, 1000, 2000, 4000, 8000]
+    searcher.set_search_properties("accuracy", "max", {})
+    for i in range(4):  # four trials reach rung 500, two of them rung 1000
+        tid = f"t{i}"
+        searcher.suggest(tid)
+        searcher.on_trial_result(tid, {"accuracy": 0.5 + i / 10, "samples_seen": 512})
+        if i < 2:
+            searcher.on_trial_result(tid, {"accuracy": 0.8, "samples_seen": 1024})
+        searcher.on_trial_complete(tid)
+    assert searcher.model_rung() == 500  # 4 = d + 2 results at 500; only 2 at 1000
+    assert set(searcher.suggest("t9")) == {"train.lr", "lora.r"}

@@ -254,7 +254,7 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
     fixed = {k: v for k, v in param_space(cfg, threads).items() if k not in cfg.search}
     metric, mode = cfg.study.metric, cfg.study.mode
     callbacks.insert(0, DiskFullWatch(prep.paths.storage))
-    if cfg.search:
+    if cfg.search and cfg.study.searcher != "rung-tpe":  # rung-tpe keeps no Optuna study between suggestions
         callbacks.append(S.OptunaJournalCallback(search_alg, prep.paths.journal))
     pruned_signal = scheduler if hasattr(scheduler, "was_pruned") else None
     callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=pruned_signal, searched=sorted(cfg.search)))

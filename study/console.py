@@ -35,6 +35,23 @@ class _OwnWarnings(logging.Filter):
         return record.name.split(".", 1)[0] in OWN_LOGGERS
 
 
+class _NotAfterDiskFull(logging.Filter):
+    """Once storage is full, the study's own one-line stop says so: MLflow's failures on the same
+    disk (its sqlite store lives there), retries and the undelivered count are consequences, kept
+    in the study log but not repeated on the terminal."""
+
+    CONSEQUENCES = ("database or disk is full", "No space left on device", "still unreachable at experiment end",
+                    "Could not finish MLflow parent run", "Could not write the Optuna journal")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .atomic_fs import disk_full_events
+
+        if not disk_full_events():
+            return True
+        msg = record.getMessage()
+        return not any(c in msg for c in self.CONSEQUENCES)
+
+
 class _OneLine(logging.Formatter):
     """``warning: message`` — first line only (the traceback, if any, is in the log file)."""
 
@@ -61,6 +78,14 @@ class _Stderr(logging.StreamHandler):
 class _StudyLog(logging.FileHandler):
     """The study's log file (told apart from handlers others installed)."""
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A record that cannot be written (the disk holding the study is full) is dropped:
+        logging's default prints a traceback per record on stderr, thousands of lines while a
+        study stops on a full disk, whose one line the runner prints itself."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handleError(record)
+
 
 def console_logging() -> None:
     """Before anything is known about the study: the project's warnings/errors on stderr, one
@@ -72,6 +97,7 @@ def console_logging() -> None:
     handler = _Stderr()
     handler.setLevel(logging.WARNING)
     handler.addFilter(_OwnWarnings())
+    handler.addFilter(_NotAfterDiskFull())
     handler.setFormatter(_OneLine())
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -66,7 +66,15 @@ def _best_checkpoint(trial: Any, fs_and_path: tuple[Any, str], metric: str, mode
     scored = [(p, s) for p, s in scored if s is not None]
     if not scored:
         return None
-    return (max if mode == "max" else min)(scored, key=lambda ps: ps[1])[0]
+    return _best_of(scored, lambda ps: ps[1], mode, tiebreak=lambda ps: ps[0])[0]
+
+
+def _best_of(items: list[Any], score: Any, mode: str, tiebreak: Any) -> Any:
+    """The best item by ``score``; ties go to the largest ``tiebreak`` (trial id, checkpoint path),
+    so that the same study always names the same best trial and checkpoint whatever order Ray
+    lists them in (a resumed finished study must not register a second version)."""
+    sign = 1.0 if mode == "max" else -1.0
+    return max(items, key=lambda x: (sign * score(x), tiebreak(x)))
 
 
 def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[str, Any]:
@@ -81,7 +89,7 @@ def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[s
     scored = [r for r in rows if r["best"].get(metric) is not None and r["checkpoint"]]
     best = None
     if scored:
-        top = (max if mode == "max" else min)(scored, key=lambda r: r["best"][metric])
+        top = _best_of(scored, lambda r: r["best"][metric], mode, tiebreak=lambda r: r["trial_id"])
         best = {"trial_id": top["trial_id"], **top["best"], "state": top["state"], "params": top["params"],
                 "config": top["config"], "checkpoint": top["checkpoint"]}
     return {

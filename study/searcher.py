@@ -276,7 +276,9 @@ class RepairCheckpointRecords(Callback):
         manager._checkpoint_results = [r for r in manager._checkpoint_results if not gone(r)]
         if latest is None:
             return
-        candidates = sorted({id(r): r for r in [latest, *manager._checkpoint_results]}.values(), key=progress, reverse=True)
+        known = [latest, *manager._checkpoint_results]
+        unlisted = self._unlisted_checkpoints(trial, {Path(r.checkpoint.path).name for r in known})
+        candidates = sorted({id(r): r for r in [*known, *unlisted]}.values(), key=progress, reverse=True)
         skipped: list[str] = []
         chosen = None
         for r in candidates:
@@ -295,7 +297,11 @@ class RepairCheckpointRecords(Callback):
             skipped.append(f"{Path(r.checkpoint.path).name} {why}")
         if chosen is latest:
             return
+        if chosen is not None and all(chosen is not r for r in known):
+            self._adopt(manager, chosen)
         manager._latest_checkpoint_result = chosen
+        if not skipped:  # a newer checkpoint than the snapshot's latest was found on storage
+            skipped.append(f"{Path(latest.checkpoint.path).name} is not the newest on storage")
         logger.warning(
             "Trial %s: latest checkpoint %s (%s); resuming from %s.",
             trial.trial_id,
@@ -303,6 +309,46 @@ class RepairCheckpointRecords(Callback):
             when,
             chosen.checkpoint.path if chosen else "scratch",
         )
+
+    def _unlisted_checkpoints(self, trial: Any, known: set[str]) -> list[Any]:
+        """Checkpoints on storage that the restored snapshot does not list, with the metrics their
+        ``result.json`` row recorded: Ray snapshots the experiment only every few checkpoints, so
+        a driver killed in between leaves newer checkpoints (and deletes older ones) that the
+        snapshot never saw. Without them a torn latest checkpoint meant a restart from scratch."""
+        import pyarrow.fs
+        from ray.train import Checkpoint
+        from ray.train._internal.session import _TrainingResult
+
+        fs = trial.storage.storage_filesystem
+        try:
+            with fs.open_input_stream(f"{trial.path}/result.json") as f:
+                lines = f.readall().decode("utf-8", "replace").splitlines()
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(trial.path, allow_not_found=True))
+        except Exception:  # no history, no dir: nothing to add
+            return []
+        rows = {}
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("checkpoint_dir_name"):
+                rows[row["checkpoint_dir_name"]] = row
+        return [_TrainingResult(checkpoint=Checkpoint(f"{trial.path}/{i.base_name}", filesystem=fs), metrics=rows[i.base_name])
+                for i in infos
+                if i.type == pyarrow.fs.FileType.Directory and i.base_name in rows and i.base_name not in known]
+
+    @staticmethod
+    def _adopt(manager: Any, result: Any) -> None:
+        """Book a checkpoint found on storage the way Ray books a reported one (kept in score
+        order), without deleting anything: the repair only ever moves the resume point."""
+        from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
+
+        score_attr = manager._checkpoint_config.checkpoint_score_attribute
+        if score_attr is not None and score_attr in result.metrics:
+            _insert_into_sorted_list(manager._checkpoint_results, result, key=manager._get_checkpoint_score)
+        else:
+            manager._checkpoint_results.append(result)
 
     @staticmethod
     def _set_aside(result: Any) -> None:

@@ -91,3 +91,29 @@ def test_finished_trials_are_left_alone(tmp_path):
     trial, _ = _trial(tmp_path, [100, 200], torn={1}, status="TERMINATED")
     RepairCheckpointRecords(verify=_verify).on_step_begin(0, [trial])
     assert _latest(trial) == "checkpoint_000001"
+
+
+def test_a_checkpoint_the_snapshot_never_listed_is_found_on_storage(tmp_path, caplog):
+    """Ray snapshots the experiment every few checkpoints: a driver killed in between leaves a
+    snapshot whose older checkpoint is already deleted and whose latest is torn, while a newer
+    intact checkpoint (and its result.json row) sits on storage. The trial resumes from that one
+    (before: from scratch)."""
+    import shutil
+
+    trial, results = _trial(tmp_path, [100, 200, 300], torn={1})
+    manager = trial.run_metadata.checkpoint_manager
+    manager._checkpoint_config = types.SimpleNamespace(checkpoint_score_attribute=None)
+    manager._latest_checkpoint_result = results[1]  # the snapshot predates checkpoint_000002
+    manager._checkpoint_results = results[:2]
+    shutil.rmtree(results[0].checkpoint.path)  # deleted after the snapshot, when checkpoint_000002 registered
+    history = Path(trial.path) / "result.json"
+    rows = [{"samples_seen": s, **({"checkpoint_dir_name": f"checkpoint_{i:06d}"} if s % 100 == 0 else {})}
+            for i, s in enumerate([100, 200, 300])]
+    history.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING):
+        RepairCheckpointRecords(verify=_verify).on_step_begin(0, [trial])
+    assert _latest(trial) == "checkpoint_000002"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Trial a: latest checkpoint checkpoint_000001 is not the newest on storage (driver crash); "
+        f"resuming from {results[2].checkpoint.path}."]
+    assert any(r is manager._latest_checkpoint_result for r in manager._checkpoint_results)

@@ -638,7 +638,10 @@ def test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints(tmp_
             kill_session(p.pid)
     snap = snapshot_trials(exp)  # the snapshot --resume will read
     victim, other = sorted(snap)
-    torn = Path(snap[victim][1])
+    # tear the newest checkpoint the trial's history names: the snapshot's latest, or a newer one
+    # written after the snapshot (the repair finds those on storage too)
+    on_disk = checkpoints_on_disk(exp, victim)
+    torn = exp / f"trial_{victim}" / max(on_disk, key=on_disk.get) if on_disk else Path(snap[victim][1])
     adapter = torn / "adapter_model.safetensors"
     adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
     out = run_study(["--name", name, "--resume", "--storage", str(home)], home, timeout=900)

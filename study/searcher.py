@@ -217,21 +217,28 @@ class RepairCheckpointRecords(Callback):
         self._attr = progress_attr
         self._verify = verify
 
-    def _recorded(self, trial: Any) -> float:
-        """How far the trial's stored history goes (``-1``: no result.json, nothing recorded)."""
-        text = ""
+    @staticmethod
+    def _history(trial: Any) -> list[dict]:
+        """The trial's result rows on storage (``[]``: no result.json yet; torn lines skipped)."""
         try:
             with trial.storage.storage_filesystem.open_input_stream(f"{trial.path}/result.json") as f:
-                text = f.readall().decode("utf-8", "replace")
-        except Exception:  # no result.json yet (a trial that never reported)
-            pass
-        last = -1.0
-        for line in text.splitlines():
+                lines = f.readall().decode("utf-8", "replace").splitlines()
+        except Exception:  # a trial that never reported
+            return []
+        rows = []
+        for line in lines:
             try:
-                last = max(last, float(json.loads(line)[self._attr]))
-            except (ValueError, KeyError, TypeError):  # a torn last line, a foreign row
+                row = json.loads(line)
+            except ValueError:  # a torn last line
                 continue
-        return last
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+    def _recorded(self, rows: list[dict]) -> float:
+        """How far the stored history goes (``-1``: nothing recorded)."""
+        seen = [v for v in (r.get(self._attr) for r in rows) if isinstance(v, (int, float))]
+        return float(max(seen, default=-1.0))
 
     def _unreadable(self, result: Any) -> str | None:
         """Why a checkpoint cannot be resumed from (``None``: it loads)."""
@@ -257,12 +264,14 @@ class RepairCheckpointRecords(Callback):
         self._checked = True
         for trial in trials:
             if trial.status not in ("TERMINATED", "ERROR"):
-                self._repair(trial, self._recorded(trial), "driver crash")
+                self._repair(trial, "driver crash")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._repair(trial, float("inf"), "trial restart")
+        self._repair(trial, "trial restart")
 
-    def _repair(self, trial: Any, recorded: float, when: str) -> None:
+    def _repair(self, trial: Any, when: str) -> None:
+        """After a driver crash a checkpoint must not be ahead of the stored history; a trial
+        Ray restarts within this driver has its history in memory, so nothing is ahead."""
         from ray.train._internal.storage import _exists_at_fs_path
 
         def gone(r: Any) -> bool:
@@ -276,8 +285,10 @@ class RepairCheckpointRecords(Callback):
         manager._checkpoint_results = [r for r in manager._checkpoint_results if not gone(r)]
         if latest is None:
             return
+        rows = self._history(trial)
+        recorded = self._recorded(rows) if when == "driver crash" else float("inf")
         known = [latest, *manager._checkpoint_results]
-        unlisted = self._unlisted_checkpoints(trial, {Path(r.checkpoint.path).name for r in known})
+        unlisted = self._unlisted_checkpoints(trial, {Path(r.checkpoint.path).name for r in known}, rows)
         candidates = sorted({id(r): r for r in [*known, *unlisted]}.values(), key=progress, reverse=True)
         skipped: list[str] = []
         chosen = None
@@ -310,7 +321,7 @@ class RepairCheckpointRecords(Callback):
             chosen.checkpoint.path if chosen else "scratch",
         )
 
-    def _unlisted_checkpoints(self, trial: Any, known: set[str]) -> list[Any]:
+    def _unlisted_checkpoints(self, trial: Any, known: set[str], rows: list[dict]) -> list[Any]:
         """Checkpoints on storage that the restored snapshot does not list, with the metrics their
         ``result.json`` row recorded: Ray snapshots the experiment only every few checkpoints, so
         a driver killed in between leaves newer checkpoints (and deletes older ones) that the
@@ -319,24 +330,17 @@ class RepairCheckpointRecords(Callback):
         from ray.train import Checkpoint
         from ray.train._internal.session import _TrainingResult
 
+        by_name = {r["checkpoint_dir_name"]: r for r in rows if r.get("checkpoint_dir_name")}
+        if not by_name:
+            return []
         fs = trial.storage.storage_filesystem
         try:
-            with fs.open_input_stream(f"{trial.path}/result.json") as f:
-                lines = f.readall().decode("utf-8", "replace").splitlines()
             infos = fs.get_file_info(pyarrow.fs.FileSelector(trial.path, allow_not_found=True))
-        except Exception:  # no history, no dir: nothing to add
+        except Exception:  # unreadable dir: nothing to add
             return []
-        rows = {}
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and row.get("checkpoint_dir_name"):
-                rows[row["checkpoint_dir_name"]] = row
-        return [_TrainingResult(checkpoint=Checkpoint(f"{trial.path}/{i.base_name}", filesystem=fs), metrics=rows[i.base_name])
+        return [_TrainingResult(checkpoint=Checkpoint(f"{trial.path}/{i.base_name}", filesystem=fs), metrics=by_name[i.base_name])
                 for i in infos
-                if i.type == pyarrow.fs.FileType.Directory and i.base_name in rows and i.base_name not in known]
+                if i.type == pyarrow.fs.FileType.Directory and i.base_name in by_name and i.base_name not in known]
 
     @staticmethod
     def _adopt(manager: Any, result: Any) -> None:

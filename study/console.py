@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["console_logging", "log_to_file", "quiet_libraries", "stderr_to_log", "LOG_NAME", "OWN_LOGGERS"]
+__all__ = ["console_logging", "log_to_file", "quiet_libraries", "quiet_worker_exit", "stderr_to_log", "LOG_NAME", "OWN_LOGGERS"]
 
 #: The study's log file, beside ``study.json``.
 LOG_NAME = "study.log"
@@ -154,3 +154,21 @@ def stderr_to_log(path: str | os.PathLike[str] | None) -> Iterator[None]:
         return
     with open(path, "a", encoding="utf-8") as f, contextlib.redirect_stderr(f):
         yield
+
+
+def quiet_worker_exit() -> None:
+    """Ray worker setup hook (``runtime_env["worker_process_setup_hook"]``): a trial worker that
+    Ray stops with SIGTERM while the garbage collector runs used to print "Exception ignored in:
+    <function WeakSet…_remove>" and an eight-line ``SystemExit: 1`` traceback, forwarded to the
+    driver's stderr after the study had finished (Ray's SIGTERM handler raises SystemExit, and
+    Python reports exceptions raised inside GC callbacks through ``sys.unraisablehook``). A worker
+    being told to exit is not an error: drop exactly that; every other unraisable exception is
+    still printed."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:  # type: ignore[no-untyped-def]
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, SystemExit):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook

@@ -10,6 +10,7 @@ Config → checks (before Ray starts) → space → Tuner (Optuna TPE + ASHA, or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -283,20 +284,34 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a local Ray; True when this call started Ray (and the
+    study should shut it down, see :func:`_shutdown_ray`)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     # configure_logging=False: Ray's driver logs go to the study log (study.console), not stderr;
     # trial workers log WARNING and above only (their INFO was "Checkpoint successfully created"
-    # once per evaluation, forwarded to the driver's stderr).
-    quiet = {"configure_logging": False, "runtime_env": {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}}}
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, **quiet}
+    # once per evaluation, forwarded to the driver's stderr) and keep quiet when told to exit.
+    env = {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}, "worker_process_setup_hook": "study.console.quiet_worker_exit"}
+    quiet: dict[str, Any] = {"configure_logging": False, "runtime_env": env}
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(**kwargs)
+        ray.init(include_dashboard=False, log_to_driver=True, **quiet)
+    return True
+
+
+def _shutdown_ray(started: bool, log_path: Path) -> None:
+    """Stop the Ray this study started as soon as the trials are done, while whatever the
+    workers still write on their way out (forwarded to this process's stderr) goes to the
+    study log — not after the summary, on the terminal, from Ray's exit hook."""
+    import ray
+
+    if started and ray.is_initialized():
+        with stderr_to_log(log_path), contextlib.redirect_stdout(sys.stderr):
+            ray.shutdown()
 
 
 def execute(prep: Prepared, address: str | None) -> int:
@@ -331,7 +346,7 @@ def execute(prep: Prepared, address: str | None) -> int:
           + (" (resumed)" if prep.resume else ""), flush=True)
     print(f"  searching {legend(sorted(cfg.search))}" if cfg.search else "  nothing searched", flush=True)
     print(f"  results {paths.experiment}\n  log     {log_path}\n  MLflow  {prep.tracking_uri} (experiment {experiment})\n", flush=True)
-    _init_ray(address)
+    started_ray = _init_ray(address)
     t0 = time.time()
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
     tuner, _ = _tuner(prep, MLflowTracker, parent)
@@ -342,7 +357,9 @@ def execute(prep: Prepared, address: str | None) -> int:
         interrupted, results = True, None
     except DiskFullError as e:
         prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
+        _shutdown_ray(started_ray, log_path)
         return _stop_on_full_disk(prep, parent, e)
+    _shutdown_ray(started_ray, log_path)
     wall = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
     prep.record["wall_s"] = wall
     try:

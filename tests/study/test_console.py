@@ -119,3 +119,47 @@ def test_help_imports_nothing_heavy(module):
     imported = {ln.split("|")[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
     heavy = {"torch", "transformers", "ray", "mlflow", "peft", "matplotlib"} & imported
     assert not heavy, f"{module} --help imports {sorted(heavy)}"
+
+
+_UNRAISABLE = """
+import gc, sys
+from study.console import quiet_worker_exit
+quiet_worker_exit()
+class Exits:
+    def __del__(self):
+        raise SystemExit(1)  # what Ray's SIGTERM handler raises when the signal lands in a GC callback
+class Fails:
+    def __del__(self):
+        raise ValueError("a real bug")
+Exits(); Fails(); gc.collect()
+print("alive")
+"""
+
+
+def test_a_worker_told_to_exit_prints_no_traceback():
+    proc = subprocess.run([sys.executable, "-c", _UNRAISABLE], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr
+    assert "SystemExit" not in proc.stderr
+    assert "ValueError: a real bug" in proc.stderr  # every other unraisable exception is still shown
+
+
+_WORKER_HOOK = """
+import sys, ray
+from study.run import _init_ray, _shutdown_ray
+assert _init_ray(None) is True and _init_ray(None) is False
+@ray.remote
+def hook_name():
+    import sys
+    return sys.unraisablehook.__qualname__
+print(ray.get(hook_name.remote()))
+_shutdown_ray(True, sys.argv[1])
+print(ray.is_initialized())
+"""
+
+
+def test_study_ray_workers_install_the_quiet_exit_hook(tmp_path):
+    log = tmp_path / "study.log"
+    proc = subprocess.run([sys.executable, "-c", _WORKER_HOOK, str(log)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["quiet_worker_exit.<locals>.hook", "False"], proc.stdout

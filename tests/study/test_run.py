@@ -321,7 +321,7 @@ def test_undelivered_mlflow_operations_are_a_nonzero_exit(tmp_path, monkeypatch,
     monkeypatch.setattr(study.report, "summarize", lambda *a, **k: dict(summary))
     monkeypatch.setattr(study.report, "print_summary", lambda s: print("== summary =="))
     monkeypatch.setattr(study.export, "log_best_adapter", no_registry)
-    monkeypatch.setattr(run, "_init_ray", lambda address: None)
+    monkeypatch.setattr(run, "_init_ray", lambda address: False)
     monkeypatch.setattr(run, "_tuner", lambda prep, cls, parent: (Tuner(), None))
     assert run.execute(prep, None) == run.EXIT_TRACKING == 3
     out, err = capsys.readouterr()

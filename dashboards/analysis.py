@@ -158,5 +158,5 @@ def param_importances(data: StudyData) -> tuple[dict[str, float] | None, str]:
     if not imp or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in imp.values()):
         return None, "not computable: fANOVA returned no variance to attribute"
     note = (f"fANOVA (optuna.importance) over {len(complete)} completed trials" + (f"; {pruned} pruned trial{'s' if pruned != 1 else ''} excluded by Optuna" if pruned else "")
-            + (f"; with this few trials the ranking is indicative only" if len(complete) < 10 else ""))
+            + ("; with this few trials the ranking is indicative only" if len(complete) < 10 else ""))
     return dict(imp), note

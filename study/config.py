@@ -9,8 +9,7 @@ storage, MLflow) has its own section. ``--set key=value`` works on any key of th
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 

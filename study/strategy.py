@@ -7,10 +7,10 @@ learning curves, measures exactly what users run.
 ``lora-study`` (the default): TPE (Bergstra et al. 2011) told PRUNED for trials ASHA (Li et al.
 2020) stopped, the seed recipes first. ``rung-tpe``: TPE fitted on the highest ASHA rung with
 enough results, as BOHB does (Falkner et al. 2018), so that trials are compared at equal samples
-seen even when the data size is searched. Measured on the 45-configuration curve table
-(README, "Search efficiency"): rung-tpe reached the target most reliably with 4 workers, but a
-table with one configuration inside the target cannot rank searchers with confidence, so the
-default stays until the full table decides.
+seen even when the data size is searched. Measured on the 45- and 77-configuration curve tables
+(README, "Search efficiency"): rung-tpe had the shortest median time to target of the model-based
+searchers on both, but the ranking of the others moved with every batch of new configurations,
+so the default stays until the full (≥200) table decides.
 """
 
 from __future__ import annotations

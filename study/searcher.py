@@ -306,7 +306,7 @@ class RepairCheckpointRecords(Callback):
                 self._set_aside(r)
                 manager._checkpoint_results = [x for x in manager._checkpoint_results if x is not r]
             skipped.append(f"{Path(r.checkpoint.path).name} {why}")
-        if chosen is latest:
+        if chosen is latest and not skipped:  # nothing newer on storage, nothing torn: as Ray left it
             return
         if chosen is not None and all(chosen is not r for r in known):
             self._adopt(manager, chosen)

@@ -117,3 +117,24 @@ def test_a_checkpoint_the_snapshot_never_listed_is_found_on_storage(tmp_path, ca
         f"Trial a: latest checkpoint checkpoint_000001 is not the newest on storage (driver crash); "
         f"resuming from {results[2].checkpoint.path}."]
     assert any(r is manager._latest_checkpoint_result for r in manager._checkpoint_results)
+
+
+def test_a_torn_checkpoint_newer_than_the_snapshot_is_set_aside_and_said(tmp_path, caplog):
+    """The stored result.json already names a checkpoint newer than the snapshot's latest (its
+    row was copied to storage before the snapshot naming it) and that one is torn: the trial
+    resumes from the snapshot's own latest, the torn one is set aside, and one line says so
+    (before: set aside without a word, found by a SIGKILL test in 1 run of 3)."""
+    trial, results = _trial(tmp_path, [100, 200, 300], torn={2})
+    manager = trial.run_metadata.checkpoint_manager
+    manager._latest_checkpoint_result = results[1]  # the snapshot predates checkpoint_000002
+    manager._checkpoint_results = results[:2]
+    rows = [{"samples_seen": s, "checkpoint_dir_name": f"checkpoint_{i:06d}"} for i, s in enumerate([100, 200, 300])]
+    (Path(trial.path) / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING):
+        RepairCheckpointRecords(verify=_verify).on_step_begin(0, [trial])
+    assert _latest(trial) == "checkpoint_000001"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("Trial a: latest checkpoint checkpoint_000002 is unreadable (truncated)"), lines
+    assert lines[0].endswith(f"(driver crash); resuming from {results[1].checkpoint.path}."), lines
+    torn = Path(results[2].checkpoint.path)
+    assert not torn.exists() and (torn.parent / f".torn-{torn.name}").is_dir()

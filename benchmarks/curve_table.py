@@ -93,9 +93,9 @@ def sample_configs(cfg: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def seed_configs(cfg: Any) -> list[tuple[str, dict[str, Any]]]:
-    """The seed notebooks' two recipes (``study.space.seed_points``) at every data size of the
+    """The seed notebooks' two recipes (``study.search.space.seed_points``) at every data size of the
     space: what "the seed recipes trained on the same budget" means in the benchmark."""
-    from study.space import seed_points
+    from study.search.space import seed_points
 
     sizes = list(cfg.search["data.size"].choice) if "data.size" in cfg.search else [None]
     out = []
@@ -124,9 +124,9 @@ def record_config(cfg: Any, point: dict[str, Any], data_path: str | Path, thread
     import torch
 
     from trainables.config import TrialConfig
-    from trainables.lora import run_trial
+    from trainables.loop import run_trial
 
-    flat = {**cfg.base_trial().to_flat(), "data.path": str(data_path), "train.threads": threads, **point}
+    flat = {**cfg.trial.to_flat(), "data.path": str(data_path), "train.threads": threads, **point}
     trial = TrialConfig.from_dict(flat)
     torch.set_num_threads(threads)
     rows: list[dict[str, Any]] = []
@@ -185,7 +185,7 @@ def record_table(out: str | Path, data_path: str | Path, n: int = 200, seed: int
         "what": "learning curves of configurations drawn from the study's search space (one row per evaluation)",
         "space_config": str(Path(space).resolve().relative_to(ROOT)) if Path(space).resolve().is_relative_to(ROOT) else str(space),
         "search": {k: v.model_dump(exclude_none=True) for k, v in cfg.search.items()},
-        "fixed": {k: v for k, v in cfg.base_trial().to_flat().items() if k not in cfg.search and k != "data.path"},
+        "fixed": {k: v for k, v in cfg.trial.to_flat().items() if k not in cfg.search and k != "data.path"},
         "random_configs": n,
         "sample_seed": seed,
         "threads": threads,

@@ -35,7 +35,7 @@ each has a cap, so the whole run stays under 8 minutes):
   each, warmed up, then started together behind a barrier): samples/s of all together over their
   common training window, and with ``--mps`` the 4-process run again under CUDA MPS (a daemon of
   its own in a temp directory, stopped afterwards; nothing of the GPU's settings changes).
-- ``ray_study``: a Ray Tune run of ``trainables.lora.train`` with ``{"gpu": 0.25}`` per trial, 4
+- ``ray_study``: a Ray Tune run of ``trainables.loop.train`` with ``{"gpu": 0.25}`` per trial, 4
   trials under ASHA: did they share the GPU at once, their accuracy and throughput.
 - ``compile``: ours with ``train.compile=true`` (``torch.compile(mode="reduce-overhead")``), its
   first 50 steps (compilation) untimed: the lever for the one-trial goal, measured last because
@@ -318,7 +318,7 @@ def _worker_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one trial from ``spec["config"]``; with ``spec["go"]`` first warm up (a few steps on the
     same device), say ``ready`` and wait for the go file, so that N workers train together."""
     from trainables.config import TrialConfig
-    from trainables.lora import run_trial
+    from trainables.loop import run_trial
 
     runs = []
     if spec.get("go"):
@@ -352,7 +352,7 @@ def _worker_ray(spec: dict[str, Any]) -> dict[str, Any]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from trainables.lora import train
+    from trainables.loop import train
 
     gpus = spec["gpus_per_trial"]
     for attempt in range(3):  # Ray gives its raylet 30 s to start: a busy CPU can need a second try

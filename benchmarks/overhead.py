@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(proc.stdout[-3000:] + proc.stderr[-3000:], file=sys.stderr)
         print(f"error: the study exited with {proc.returncode}", file=sys.stderr)
         return 1
-    from study.store import read_study
+    from study.storage.studies import read_study
 
     paths, record = read_study(name, str(storage))
     result = breakdown(_trials(paths.experiment), record["fit_started_unix"], record["wall_s"])

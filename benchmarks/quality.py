@@ -7,7 +7,7 @@ Why seeds: one fine-tuning run says little. Fine-tuning seeds (head init, LoRA i
 dropout) move SST-2 dev accuracy by about a point (Dodge et al. 2020, arXiv:2002.06305), and 872
 dev sentences alone put a ±1.1-point binomial standard error on each run; a recipe change is only
 worth something if it moves the mean over seeds, paired by seed. Each seed is a full standalone
-trial (``trainables.lora.run_trial``, no Ray) with the recipe's own evaluation schedule; the
+trial (``trainables.loop.run_trial``, no Ray) with the recipe's own evaluation schedule; the
 result file holds every seed's curve, the final accuracies and their mean/sd, the machine and
 the commit; it is rewritten after each seed (``"complete": false`` until the last), so an
 interrupted benchmark keeps the seeds it finished.
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from trainables.config import TrialConfig, apply_overrides, load_yaml, parse_overrides
-    from trainables.lora import run_trial
+    from trainables.loop import run_trial
 
     seeds = parse_seeds(args.seeds)
     base = load_yaml(args.config)

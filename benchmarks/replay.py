@@ -10,7 +10,7 @@ strategy's scheduler decides CONTINUE/STOP and its searcher hears about the resu
 only for trials that continue; ``on_trial_complete`` when a trial stops or finishes). A freed slot
 immediately starts the next suggestion. Nothing after ``budget_s`` counts.
 
-The searchers and schedulers are the real objects: ``study.strategy.build_strategy`` (what
+The searchers and schedulers are the real objects: ``study.search.registry.build_search`` (what
 ``study.run`` uses), stock ``ray.tune.search.optuna.OptunaSearch`` and
 ``ray.tune.schedulers.ASHAScheduler``. Only the clock and the trainable are simulated.
 

@@ -1,15 +1,12 @@
 """Does the study find a good LoRA recipe sooner than what users would do instead?
 
-Strategies (each is a ``study.run`` setting, built by ``study.strategy.build_strategy``, so the
-replay measures exactly what users run):
-
-``ours``               the study's default searcher and scheduler;
-``stock_optuna_asha``  stock Ray ``OptunaSearch`` with Optuna's default TPE + Ray's ``ASHAScheduler``
-                       (what a bare Ray Tune + Optuna script does);
-``random_asha``        random search + ASHA;
-``random_fifo``        random search, every trial trained to its end;
-``seed_configs``       the two seed notebooks' recipes at every data size, trained to the end;
-plus ablations of what ``ours`` adds (``--strategies`` lists them).
+Strategies (each is a ``study.run`` setting, built by ``study.search.registry.build_search``, so
+the replay measures exactly what users run): every searcher of the registry by its name
+(``pruned-tpe``, ``rung-tpe`` with the study's defaults: seed recipes first, ASHA; the baselines
+``optuna`` — stock Ray ``OptunaSearch`` + ASHA, what a bare Ray Tune + Optuna script does — and
+``random`` + ASHA without the seed recipes), ``random-fifo`` (random search, every trial trained to
+its end), ``seed-configs`` (the two seed notebooks' recipes at every data size, trained to the end),
+and ablations of the default (``--strategies`` lists them).
 
 The space is ``study/configs/sst2-8k.yaml``'s (r, alpha multiple, lr, LoRA dropout, targets and
 data size up to 8,000 SST-2 sentences, one epoch; selection on 4,000 sentences held out of train).
@@ -58,7 +55,7 @@ from benchmarks.common import BenchmarkError, run_metadata, sst2_dir, write_json
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_TABLE = RESULTS / "curves-sst2-space.parquet"
-MAIN = ("ours", "stock_optuna_asha", "random_asha", "random_fifo")
+MAIN = ("pruned-tpe", "optuna", "random", "random-fifo")
 #: Random configurations a table needs before replay: fewer leave the snapping weights unfit.
 MIN_CONFIGS = 5
 
@@ -80,47 +77,51 @@ def _variant(**updates: Any) -> Callable[[Any], Any]:
     return apply
 
 
-#: name → (description, how the study config differs from the benchmark space's defaults).
-STRATEGIES: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "ours": ("the study's defaults (study.run with nothing changed)", _variant()),
-    "stock_optuna_asha": ("stock Ray OptunaSearch (Optuna's default TPE) + Ray's ASHAScheduler, no seed recipes",
-                          _variant(study={"searcher": "optuna", "seed_points": False})),
-    "random_asha": ("random search + ASHA", _variant(study={"searcher": "random", "seed_points": False})),
-    "random_fifo": ("random search, every trial trained to its end",
-                    _variant(study={"searcher": "random", "seed_points": False}, asha={"enabled": False})),
-    # ablations of ours, and a candidate
-    "ours_no_seeds": ("ours without the seed recipes first", _variant(study={"seed_points": False})),
-    "ours_stock_feedback": ("ours, but ASHA-stopped trials told COMPLETE at low fidelity (stock Ray)",
-                            _variant(optuna={"pruned_feedback": False})),
-    "rung_tpe": ("TPE fitted on the highest ASHA rung with enough results (BOHB-style) + seeds + ASHA",
-                 _variant(study={"searcher": "rung-tpe"})),
-}
+def _strategies() -> dict[str, tuple[str, Callable[[Any], Any]]]:
+    """name → (description, how the study config differs from the benchmark space's defaults):
+    one per registered searcher (baselines without the seed recipes), then variants."""
+    from study.search.registry import DEFAULT_SEARCHER, SEARCHERS
+
+    baselines = {"optuna", "random"}
+    out = {name: (entry.summary + ("" if name not in baselines else "; no seed recipes"),
+                  _variant(study={"searcher": name, **({"seed_points": False} if name in baselines else {})}))
+           for name, entry in SEARCHERS.items()}
+    out["random-fifo"] = ("random search, every trial trained to its end",
+                          _variant(study={"searcher": "random", "seed_points": False}, asha={"enabled": False}))
+    out[f"{DEFAULT_SEARCHER}-no-seeds"] = ("the default without the seed recipes first",
+                                           _variant(study={"searcher": DEFAULT_SEARCHER, "seed_points": False}))
+    out[f"{DEFAULT_SEARCHER}-stock-feedback"] = ("the default, but ASHA-stopped trials told COMPLETE at low fidelity (stock Ray)",
+                                                 _variant(study={"searcher": DEFAULT_SEARCHER}, optuna={"pruned_feedback": False}))
+    return out
+
+
+STRATEGIES = _strategies()
 
 
 def strategy_names(requested: str | None, default: tuple[str, ...]) -> list[str]:
     names = [s.strip() for s in requested.split(",")] if requested else list(default)
-    unknown = [n for n in names if n not in STRATEGIES and n != "seed_configs"]
+    unknown = [n for n in names if n not in STRATEGIES and n != "seed-configs"]
     if unknown:
-        raise BenchmarkError(f"unknown strategies {unknown} (known: {', '.join([*STRATEGIES, 'seed_configs'])})")
+        raise BenchmarkError(f"unknown strategies {unknown} (known: {', '.join([*STRATEGIES, 'seed-configs'])})")
     return names
 
 
 def make_strategy(name: str, cfg: Any, seed: int, n_train: int, workers: int = 4) -> Any:
-    """The replay's ``Strategy`` for ``name``: ``study.strategy.build_strategy`` of the variant config."""
+    """The replay's ``Strategy`` for ``name``: ``study.search.registry.build_search`` of the variant config."""
     from benchmarks.replay import ListSearcher, Strategy
-    from study.strategy import build_strategy
+    from study.search.registry import build_search
 
     keys = list(cfg.search)
-    if name == "seed_configs":
+    if name == "seed-configs":
         from benchmarks.curve_table import seed_configs
 
         return Strategy(ListSearcher([p for _, p in seed_configs(cfg)]), None, keys)
     variant = STRATEGIES[name][1](cfg)
     variant = variant.model_copy(update={"study": variant.study.model_copy(update={"seed": seed, "max_concurrent": workers})})
-    built = build_strategy(variant, n_train)
+    built = build_search(variant, n_train)
     searcher = built.searcher
     if hasattr(searcher, "set_search_properties"):
-        from study.strategy import searched_space
+        from study.search.registry import searched_space
 
         searcher.set_search_properties(variant.study.metric, variant.study.mode, searched_space(variant))
     return Strategy(searcher, built.scheduler, keys)
@@ -265,18 +266,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def goals(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's goals: ours ≥3× sooner than random_fifo and ≥1.5× sooner than stock_optuna_asha;
-    the pick's dev accuracy ≥ the better seed recipe's + 1 point."""
-    ours = per.get("ours", {})
+    """The goals: the default searcher ≥3× sooner than ``random-fifo`` and ≥1.5× sooner than stock
+    ``optuna``; the pick's dev accuracy ≥ the better seed recipe's + 1 point."""
+    from study.search.registry import DEFAULT_SEARCHER
+
+    ours = per.get(DEFAULT_SEARCHER, {})
     out: dict[str, Any] = {}
-    for other, need in (("random_fifo", 3.0), ("stock_optuna_asha", 1.5)):
+    for other, need in (("random-fifo", 3.0), ("optuna", 1.5)):
         if other in per and ours:
             r = _ratio(per[other]["time_to_target_s"], ours["time_to_target_s"])
             out[f"speedup_vs_{other}"] = r
             out[f"speedup_vs_{other}_goal"] = need
             out[f"speedup_vs_{other}_met"] = r is not None and r >= need
-    if "seed_configs" in per and ours.get("dev_accuracy_of_pick") is not None:
-        gain = ours["dev_accuracy_of_pick"] - per["seed_configs"]["dev_accuracy_of_pick"]
+    if "seed-configs" in per and ours.get("dev_accuracy_of_pick") is not None:
+        gain = ours["dev_accuracy_of_pick"] - per["seed-configs"]["dev_accuracy_of_pick"]
         out["dev_gain_vs_seed_recipes"] = round(gain, 4)
         out["dev_gain_vs_seed_recipes_met"] = gain >= 0.01
     return out
@@ -321,7 +324,7 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg, table = load(args)
     n_train = max(c.samples_total for c in table.curves)  # ASHA's max_t: the most any recorded trial saw
-    names = strategy_names(args.strategies, (*MAIN, "seed_configs"))
+    names = strategy_names(args.strategies, (*MAIN, "seed-configs"))
     seeds = args.seeds or 50
     target = round(table.best_accuracy() - args.target_gap, 6)
     startup, per_eval, why = _overheads(args.startup_s)
@@ -329,7 +332,7 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
     per: dict[str, dict[str, Any]] = {}
     for name in names:
         runs = []
-        for seed in range(1 if name == "seed_configs" else seeds):
+        for seed in range(1 if name == "seed-configs" else seeds):
             run = simulate(make_strategy(name, cfg, seed, n_train, args.workers), table, args.budget_s, args.workers, startup, per_eval)
             runs.append({"seed": seed, **run_record(run, args.budget_s, target)})
         per[name] = summarize_runs(runs)
@@ -407,8 +410,8 @@ def live_trace(name: str, storage: str | None, keys: list[str]) -> Any:
     from ray.tune import ExperimentAnalysis
 
     from benchmarks.replay import SimRun
-    from study.report import trial_state
-    from study.store import read_study
+    from study.storage.studies import read_study
+    from study.tracking.summary import trial_state
 
     paths, record = read_study(name, storage)
     t0 = record.get("fit_started_unix")
@@ -521,6 +524,8 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from study.search.registry import DEFAULT_SEARCHER as default
+
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     budget = result["budget_s"]
     grid = np.linspace(0, budget, 301)
@@ -532,7 +537,7 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
             curves.append([max([a for t, a in pts if t <= g], default=np.nan) for g in grid])
         arr = np.array(curves, dtype=float)
         q25, med, q75 = (np.nanquantile(arr, q, axis=0) for q in (0.25, 0.5, 0.75))
-        style = {"lw": 2.4} if name == "ours" else {"lw": 1.3, "ls": "--" if name.startswith("ours_") else "-"}
+        style = {"lw": 2.4} if name == default else {"lw": 1.3, "ls": "--" if name.startswith(f"{default}-") else "-"}
         line, = ax.plot(grid, med, label=name, **style)
         if len(curves) > 1:
             ax.fill_between(grid, q25, q75, color=line.get_color(), alpha=0.15)

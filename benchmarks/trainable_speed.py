@@ -9,7 +9,7 @@ and the same number of torch threads:
                             batches (``RandomSampler``) over a ``datasets.Dataset`` of the token ids;
 (b) ``hf_trainer_grouped``  the same with ``train_sampling_strategy="group_by_length"``
                             (``LengthGroupedSampler``; ``group_by_length=True`` before transformers 5);
-(c) ``ours``                ``trainables.lora.run_trial``: cached token ids, length-bucketed batches,
+(c) ``ours``                ``trainables.loop.run_trial``: cached token ids, length-bucketed batches,
                             and on CPU ``FastDropout`` (``trainables/dropout.py``: the same inverted
                             dropout with masks drawn 4 elements per random number).
 
@@ -365,7 +365,7 @@ def measure_hf(args: argparse.Namespace, cfg: Any, data: Any, tokenizer: Any, wa
 def measure_ours(args: argparse.Namespace, model_name: str, data_path: Path, threads: int, warmup: int) -> dict[str, Any]:
     import torch
 
-    from trainables.lora import run_trial
+    from trainables.loop import run_trial
 
     cfg = trial_config(args, model_name, data_path, threads, warmup * args.batch_size if warmup else None)
     history = run_trial(cfg, report=None, log=print if args.verbose else None)
@@ -461,7 +461,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warnings.filterwarnings("ignore", category=UserWarning)
 
     from trainables.data import make_batches, prepare_data
-    from trainables.lora import pad_multiple
+    from trainables.loop import pad_multiple
     from trainables.model import load_tokenizer
 
     loads = [load_average()]

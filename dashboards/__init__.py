@@ -4,8 +4,8 @@
 
 Everything here only *reads* what a study stored (``study.json``, ``summary.json``, Ray's
 experiment directory, the Optuna journal beside ``study.json``, MLflow), through the same readers
-the runner's own summary and export use (``study.store``, ``study.report``,
-``study.searcher.read_optuna_journal``), and never unpickles anything from a study directory.
+the runner's own summary and export use (``study.storage``, ``study.tracking.summary``,
+``study.search.journal.read_optuna_journal``), and never unpickles anything from a study directory.
 Nothing imports the runner's live objects, so a report can be built while the study runs, after
 it crashed, or on another machine that sees the storage.
 

@@ -16,7 +16,6 @@ __all__ = [
     "SEED_002",
     "SEED_002_SETUP",
     "asha_max_t",
-    "asha_rungs",
     "best_so_far",
     "data_sizes",
     "SizeRow",
@@ -38,17 +37,9 @@ SEED_002_SETUP = "bert-base-uncased, LoRA r=8 α=16 dropout 0.1 on query/value (
 
 def asha_max_t(data: StudyData) -> int:
     """ASHA's ``max_t`` as the runner computes it: configured, else largest data size × epochs."""
-    from study.space import max_samples
+    from study.search.space import max_samples
 
     return int(data.cfg.asha.max_t or max_samples(data.cfg, data.n_train or 1))
-
-
-def asha_rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
-    """Rung milestones of Ray's ``AsyncHyperBandScheduler`` (one bracket): ``grace × rf^k`` for
-    ``k < int(log(max_t/grace)/log(rf) + 1)``; the runner caps ``grace`` at ``max_t``."""
-    grace = min(grace_period, max_t)
-    n = int(math.log(max_t / grace) / math.log(reduction_factor) + 1)
-    return [int(grace * reduction_factor**k) for k in range(n)]
 
 
 def best_so_far(data: StudyData) -> list[tuple[float, float, str]]:
@@ -64,14 +55,14 @@ def best_so_far(data: StudyData) -> list[tuple[float, float, str]]:
 
 
 def resolve_size(size: Any, n_train: int) -> int | None:
-    """A ``data.size`` value as a count of training samples (``None``/"all" -> the whole split)."""
-    if isinstance(size, str) and size.strip().lower() in ("all", "none", "full"):
-        size = None
-    if size is None:
-        return n_train or None
-    if isinstance(size, float) and size <= 1.0:
-        return round(size * n_train) if n_train else None
-    return min(int(size), n_train) if n_train else int(size)
+    """A ``data.size`` value as a count of training samples (``DataSection.count``, capped at the
+    split); ``None`` for a relative size when the split's size is unknown."""
+    from trainables.config import DataSection
+
+    value = DataSection.model_validate({"size": size}).size
+    if not n_train:
+        return value if isinstance(value, int) else None
+    return min(DataSection.model_validate({"size": value}).count(n_train), n_train)
 
 
 @dataclass(frozen=True)
@@ -95,7 +86,7 @@ def data_sizes(data: StudyData) -> list[SizeRow]:
     metric = data.metric
     groups: dict[Any, list[dict[str, Any]]] = {}
     for r in data.rows:
-        size = resolve_size(r["config"].get("data.size", data.cfg.base_trial().data.size), data.n_train)
+        size = resolve_size(r["config"].get("data.size", data.cfg.trial.data.size), data.n_train)
         groups.setdefault(size, []).append(r)
     out = []
     for size, rows in groups.items():

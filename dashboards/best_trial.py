@@ -2,7 +2,7 @@
 
 Why re-predict: the trials report accuracy/F1/loss only, not predictions. The checkpoint the
 study picked is a PEFT adapter dir with ``lora_study.json`` (config, label names); it is exported
-with ``study.export.export_checkpoint`` and loaded with ``study.inference.load_classifier`` —
+with ``study.deploy.export.export_checkpoint`` and loaded with ``trainables.load_classifier`` —
 the same path ``study.predict`` and the served model take — and run on the study's dev split
 (``trainables.data.load_splits`` with the trial's own data config, so ``dev_size`` and the label
 names match what the trial was scored on). The recomputed accuracy is shown beside the recorded
@@ -51,10 +51,9 @@ def confusion_for_checkpoint(checkpoint: str, threads: int | None = None) -> Con
     """Predict the dev split with the adapter in ``checkpoint`` and count (true, predicted)."""
     import torch
 
-    from study.export import export_checkpoint
-    from study.inference import META_FILE, load_classifier
-    from trainables.config import DataConfig
-    from trainables.data import load_splits
+    from study.deploy.export import export_checkpoint
+    from trainables import META_FILE, load_classifier, load_splits
+    from trainables.config import DataSection
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads or max(1, min(4, os.cpu_count() or 1)))
@@ -63,7 +62,7 @@ def confusion_for_checkpoint(checkpoint: str, threads: int | None = None) -> Con
             out = export_checkpoint(checkpoint, Path(tmp) / "adapter")
             meta = json.loads((out / META_FILE).read_text())
             clf = load_classifier(out)
-            raw = load_splits(DataConfig(**meta["config"]["data"]))
+            raw = load_splits(DataSection(**meta["config"]["data"]))
             logits = clf.logits(raw.dev_texts, batch_size=int(meta["config"].get("train", {}).get("eval_batch_size", 128)))
     finally:
         torch.set_num_threads(before)  # a library call must not change its caller's threading

@@ -3,8 +3,8 @@
 Why one loader: every figure needs the same few things (trial rows with their evaluation
 histories, the study config, wall-clock timestamps, the Optuna study) and reading Ray's
 experiment directory is the slow part, so it is read once here and the plots stay pure functions
-of this object. The readers are the project's own (``study.store.read_study`` /
-``read_trials``, ``study.report.trial_rows`` / ``summarize``): the report counts trials and
+of this object. The readers are the project's own (``study.storage.studies.read_study`` /
+``study.storage.trials.read_trials``, ``study.tracking.summary.trial_rows`` / ``summarize``): the report counts trials and
 picks the best one exactly as ``summary.json`` does, and it never touches the runner's live
 objects, so it works on a finished study, a running one (no ``summary.json`` yet) and an
 interrupted one alike.
@@ -12,7 +12,7 @@ interrupted one alike.
 A report is read-only and must not run code from a study directory: nothing here unpickles.
 Ray's ``ExperimentAnalysis`` would (it ``cloudpickle.loads`` blobs embedded in
 ``experiment_state-*.json``) and so would the searcher's ``searcher-state-*.pkl``; the trials are
-read as plain JSON (``study.store.read_trials``) and the Optuna study from the journal the runner
+read as plain JSON (``study.storage.trials.read_trials``) and the Optuna study from the journal the runner
 writes beside ``study.json`` (``optuna-journal.log``, JSON lines), else rebuilt from the trials.
 """
 
@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig
-from study.store import StudyPaths, is_remote, read_study, read_trials, trusted_tracking_uri
+from study.storage.studies import StudyPaths, is_remote, read_study
+from study.storage.trials import read_trials
+from study.tracking.trust import trusted_tracking_uri
 from trainables.config import ConfigError
 
 __all__ = ["StudyData", "Evaluation", "load_study_data", "mlflow_parent_status", "mlflow_reachable_store", "one_line", "quiet_logger", "STATES"]
 
 log = logging.getLogger(__name__)
 
-#: Trial states as ``study.report.trial_state`` defines them, in display order.
+#: Trial states as ``study.tracking.summary.trial_state`` defines them, in display order.
 STATES = ("completed", "pruned", "failed", "unfinished")
 
 
@@ -198,7 +200,7 @@ def _optuna_study(paths: StudyPaths, cfg: StudyConfig, rows: list[dict[str, Any]
     (random search, a study from before the journal existed, an unreadable journal)."""
     if paths.journal.is_file():
         try:
-            from study.searcher import read_optuna_journal
+            from study.search.journal import read_optuna_journal
 
             return read_optuna_journal(paths.journal), "the study's Optuna journal (the study TPE used)"
         except Exception as e:  # a torn or foreign file: rebuild
@@ -249,7 +251,7 @@ def mlflow_parent_status(tracking_uri: str | None, run_id: str | None) -> tuple[
     try:
         from mlflow import MlflowClient
 
-        from study.tracking import configure_mlflow_http
+        from study.tracking.server import configure_mlflow_http
 
         configure_mlflow_http()
         with quiet_logger("urllib3"):
@@ -296,11 +298,8 @@ def load_study_data(name: str, storage: str | None = None, tracking_uri: str | N
                     read_mlflow: bool = True) -> StudyData:
     """Read study ``name`` from its storage. Raises ``ConfigError`` (one line) when it cannot."""
     paths, record = read_study(name, storage)
-    try:
-        cfg = StudyConfig.model_validate(record["config"])
-    except Exception as e:
-        raise ConfigError(f"{paths.study_json}: not a lora-study record ({type(e).__name__})") from None
-    from study.report import summarize, trial_rows
+    cfg = StudyConfig.from_record(record, paths.study_json)
+    from study.tracking.summary import summarize, trial_rows
 
     try:
         rows = trial_rows(paths.experiment, cfg.study.metric, cfg.study.mode, sorted(cfg.search))

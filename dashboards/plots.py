@@ -9,7 +9,7 @@ orange, the best trial black.
 Three rules every figure keeps: legends sit outside the axes (``fig.legend(loc="outside …")``
 with the constrained layout), so they never cover data; the x-axis of anything that evolves
 during training is *training samples seen* (ASHA's fidelity; epochs only as a secondary axis);
-and every per-trial artist carries the trial's label (``study.labels``: id + searched values) as a
+and every per-trial artist carries the trial's label (``study.console.labels``: id + searched values) as a
 hover title. :func:`to_svg` writes those titles into the SVG (a ``<title>`` in the artist's
 group: browsers show it on hover, no script needed), which is what the HTML report embeds; the
 PNGs beside it are the same figures, static, with the trial ids written at the line ends.
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from study.labels import trial_label  # noqa: E402
+from study.console.labels import trial_label  # noqa: E402
 
 from .analysis import SEED_002, SizeRow  # noqa: E402
 from .data import StudyData  # noqa: E402

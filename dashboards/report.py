@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.labels import trial_label
+from study.console.labels import trial_label
+from study.search.space import asha_rungs
 from trainables.config import ConfigError
 
 from . import analysis as A
 from . import html as H
-from .data import StudyData, quiet_logger, load_study_data, mlflow_reachable_store, one_line
+from .data import StudyData, load_study_data, mlflow_reachable_store, one_line, quiet_logger
 
 __all__ = ["main", "build_parser", "build_report", "render_report", "ReportResult", "log_report", "SECTION_IDS", "FIGURES"]
 
@@ -87,7 +88,7 @@ def _dist(d: Any) -> str:
 
 # --------------------------------------------------------------------------- sections
 def _summary_section(data: StudyData, max_t: int | None, rungs: list[int]) -> H.Section:
-    cfg, base = data.cfg, data.cfg.base_trial()
+    cfg, base = data.cfg, data.cfg.trial
     flat = base.to_flat()
     sec = H.Section("summary", "Study summary")
     fixed: list[tuple[str, Any]] = [("study", data.name), ("model.name", base.model.name), ("data.path", base.data.path),
@@ -173,7 +174,7 @@ def render_report(data: StudyData, predict: bool = True, cache_dir: Path | None 
     notes: list[str] = []
     cfg = data.cfg
     max_t = A.asha_max_t(data) if cfg.asha.enabled else None
-    rungs = A.asha_rungs(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t) if max_t else []
+    rungs = asha_rungs(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t) if max_t else []
     sections = [_summary_section(data, max_t, rungs)]
 
     sec = H.Section("learning-curves", "Learning curves")
@@ -217,7 +218,7 @@ def render_report(data: StudyData, predict: bool = True, cache_dir: Path | None 
 
     sec = H.Section("data-size", "Accuracy vs training-data size")
     sizes = A.data_sizes(data)
-    model_name = Path(cfg.base_trial().model.name).name
+    model_name = Path(cfg.trial.model.name).name
     ref_rows = [[f"{n:,}", f"{v[0] * 100:.1f}%", v[1], v[2]] for n, v in sorted(A.SEED_002.items())]
     ours = [[f"{s.size:,}" if s.size else "–", f"{s.trials} ({s.completed} / {s.pruned})", s.best_trial,
              f"{s.accuracy * 100:.2f}%" if s.accuracy is not None else None, s.f1, s.eval_loss] for s in sizes]
@@ -332,7 +333,7 @@ def log_report(tracking_uri: str | None, run_id: str | None, files: list[Path]) 
     try:
         from mlflow import MlflowClient
 
-        from study.tracking import configure_mlflow_http
+        from study.tracking.server import configure_mlflow_http
 
         configure_mlflow_http()
         client = MlflowClient(tracking_uri)

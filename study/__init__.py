@@ -1,7 +1,8 @@
-"""Many trials: config → space → tuner → tracking → export.
+"""Many trials: a whole hyperparameter study of the trainable (``trainables``) on Ray Tune.
 
-Entry points: ``python -m study.run`` (run / resume a study), ``python -m study.export``,
-``python -m study.predict``, ``python -m study.evaluate``.
+The flow, one subpackage each: ``config`` (the study YAML, validated once) → ``search`` (space,
+searchers, ASHA) → ``storage`` (the study's files, fault tolerance) → ``console`` (what the
+terminal shows) → ``tracking`` (MLflow, the summary) → ``deploy`` (export, registry, serving).
+The commands sit at the top: ``python -m study.run`` (run or resume a study), ``python -m
+study.export``, ``python -m study.predict``, ``python -m study.evaluate``.
 """
-
-__all__ = ["config", "space", "searcher", "tracking", "run", "report", "store", "export", "inference", "serving"]

@@ -1,9 +1,9 @@
-"""Typed configuration of a study, validated in the driver before Ray starts.
+"""Typed configuration of a study, validated once, in the driver, before Ray starts.
 
-A study YAML reuses the trial's keys (``model``, ``data``, ``lora``, ``train``: the fixed values
-every trial starts from) and adds how to search: ``search`` maps a dotted trial key to a
-distribution, which replaces the fixed value. Everything else (ASHA, Optuna, resources,
-storage, MLflow) has its own section. ``--set key=value`` works on any key of the file.
+A study YAML reuses the trial's sections (``model``, ``data``, ``lora``, ``train``: the fixed values
+every trial starts from, typed by ``trainables.config``) and adds how to search: ``search`` maps a
+dotted trial key to a distribution, which replaces the fixed value. Everything else (ASHA, Optuna,
+resources, storage, MLflow) has its own section. ``--set key=value`` works on any key of the file.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainables.config import (
     ConfigError,
+    DataSection,
+    LoraSection,
+    ModelSection,
+    TrainSection,
     TrialConfig,
     apply_overrides,
     flatten,
@@ -23,7 +27,12 @@ from trainables.config import (
     parse_overrides,
 )
 
-__all__ = ["StudyConfig", "load_study_config", "Distribution", "DIST_KINDS"]
+from .search.registry import DEFAULT_SEARCHER, SEARCHERS
+
+__all__ = ["StudyConfig", "load_study_config", "flat_params", "Distribution", "DIST_KINDS"]
+
+#: Searcher names that ``study.json`` files written before the registry recorded.
+_RENAMED_SEARCHERS = {"lora-study": "pruned-tpe"}
 
 #: Distribution spellings accepted under ``search:`` (``{loguniform: [1e-5, 5e-3]}``).
 DIST_KINDS = ("choice", "uniform", "loguniform", "randint")
@@ -82,18 +91,24 @@ class StudySection(_Section):
     """Stop starting/continuing trials after this many seconds of study wall time."""
     seed: int = 0
     """Seed of the search (Optuna's sampler); trials keep their own ``train.seed``."""
-    searcher: Literal["lora-study", "rung-tpe", "optuna", "random"] = "lora-study"
-    """How configurations are chosen. ``lora-study``: this project's searcher (``study/strategy.py``
-    says what it adds and the benchmark that chose it); ``rung-tpe``: TPE fitted on the highest
-    ASHA rung with enough results (BOHB-style, ``study/rung_tpe.py``), a candidate the search
-    benchmark measures; ``optuna``: stock Ray ``OptunaSearch`` with Optuna's default TPE (what a
-    bare Ray Tune + Optuna script does; with ASHA, Ray's stock ``ASHAScheduler``); ``random``:
-    random search over the same space."""
+    searcher: str = DEFAULT_SEARCHER
+    """How configurations are chosen: a name from ``study.search.registry.SEARCHERS`` —
+    ``pruned-tpe`` (the default: TPE told which trials ASHA pruned), ``rung-tpe`` (TPE fitted on one
+    ASHA rung at a time, BOHB-style), ``optuna`` (stock Ray ``OptunaSearch``: what a bare Ray Tune +
+    Optuna script does), ``random``. ``python -m study.run --help`` lists them with their papers."""
     seed_points: bool = True
     """Start with the two seed notebooks' configurations (r=4 α=16 lr=1e-4 q,v and r=8 α=16
     dropout 0.1 q,v) so the study can only beat the hand-picked recipes."""
     max_failures: int = Field(2, ge=0)
     """Restarts of a trial whose process died, each from its last checkpoint."""
+
+    @field_validator("searcher")
+    @classmethod
+    def _known_searcher(cls, v: str) -> str:
+        v = _RENAMED_SEARCHERS.get(v, v)
+        if v not in SEARCHERS:
+            raise ValueError(f"unknown searcher {v!r}; use one of {sorted(SEARCHERS)}")
+        return v
 
     @property
     def mode(self) -> str:
@@ -116,7 +131,7 @@ class AshaSection(_Section):
 
 
 class OptunaSection(_Section):
-    """Settings of the ``lora-study`` searcher's TPE (Bergstra et al. 2011) through Ray's ``OptunaSearch``."""
+    """Settings of the ``pruned-tpe`` searcher (TPE, Bergstra et al. 2011, through Ray's ``OptunaSearch``)."""
 
     pruned_feedback: bool = True
     """Tell Optuna that ASHA-stopped trials were PRUNED (with their intermediate values) rather
@@ -155,10 +170,14 @@ class StudyConfig(_Section):
 
     name: str | None = None
     """Default study name (``--name`` wins); default: the config file's stem + a timestamp."""
-    model: dict[str, Any] = Field(default_factory=dict)
-    data: dict[str, Any] = Field(default_factory=dict)
-    lora: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
+    model: ModelSection = Field(default_factory=ModelSection)
+    """The base model every trial fine-tunes (``trainables.config.ModelSection``)."""
+    data: DataSection = Field(default_factory=DataSection)
+    """The training data and its splits (``trainables.config.DataSection``)."""
+    lora: LoraSection = Field(default_factory=LoraSection)
+    """The LoRA adapter's fixed settings (``trainables.config.LoraSection``)."""
+    train: TrainSection = Field(default_factory=TrainSection)
+    """The training loop's fixed settings (``trainables.config.TrainSection``)."""
     search: dict[str, Distribution] = Field(default_factory=dict)
     """Dotted trial key → distribution; replaces that key's fixed value."""
     study: StudySection = Field(default_factory=StudySection)
@@ -187,14 +206,23 @@ class StudyConfig(_Section):
         walk(v or {}, "")
         return out
 
-    def base_trial(self) -> TrialConfig:
-        """The fixed trial config (validated)."""
-        return TrialConfig.from_dict({"model": self.model, "data": self.data, "lora": self.lora, "train": self.train})
+    @property
+    def trial(self) -> TrialConfig:
+        """The fixed trial config every trial starts from (its sections were validated with the study)."""
+        return TrialConfig(model=self.model, data=self.data, lora=self.lora, train=self.train)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], where: Any) -> "StudyConfig":
+        """The config a ``study.json`` stored (``where``: the file, for the one-line error)."""
+        try:
+            return cls.model_validate(record["config"])
+        except (KeyError, TypeError, ValidationError) as e:
+            raise ConfigError(f"{where}: not a lora-study record ({type(e).__name__})") from None
 
     def check(self) -> None:
         """Cross-field checks: every search key is a trial key and every value it can take forms a
         valid trial config. Raises ``ConfigError`` naming ``search.<key>``."""
-        base = self.base_trial().to_flat()
+        base = self.trial.to_flat()
         for key, dist in self.search.items():
             if key not in base:
                 raise ConfigError(f"invalid config: search.{key}: not a trial key (known: {', '.join(sorted(base))})")

@@ -21,12 +21,12 @@ from typing import Any
 
 import pyarrow.fs
 
-from trainables.config import ConfigError
+from trainables import ConfigError
 
 from .config import StudyConfig, flat_params, load_study_config
-from .console import LOG_NAME, console_logging, log_to_file, stderr_to_log
-from .store import (LOCAL_ROOT, StudyPaths, is_remote, lock_study, now_iso, read_study, study_paths,
-                    trusted_tracking_uri, write_json)
+from .console.logs import LOG_NAME, console_logging, log_to_file, stderr_to_log
+from .storage.studies import LOCAL_ROOT, StudyPaths, is_remote, lock_study, now_iso, read_study, study_paths, write_json
+from .tracking.trust import is_local_tracking_uri, trusted_tracking_uri
 
 __all__ = ["main", "build_parser", "prepare", "Prepared", "EXIT_OK", "EXIT_FAULT", "EXIT_INPUT", "EXIT_TRACKING", "EXIT_INTERRUPTED"]
 
@@ -83,52 +83,21 @@ class Prepared:
 
 
 def _absolutize(cfg: StudyConfig) -> StudyConfig:
-    """Trials run in other working directories (and on other nodes): make local paths absolute."""
-    data, model = dict(cfg.data), dict(cfg.model)
-    base = cfg.base_trial()
-    if os.path.exists(os.path.expanduser(base.data.path)):
-        data["path"] = str(Path(base.data.path).expanduser().resolve())
-    else:  # embedded-sst2 or a hub id: recorded by name (study.json), resolved wherever a trial runs
-        data["path"] = base.data.path
-    if os.path.isdir(os.path.expanduser(base.model.name)):
-        model["name"] = str(Path(base.model.name).expanduser().resolve())
+    """Trials run in other working directories (and on other nodes): make local paths absolute.
+    ``embedded-sst2`` and hub ids stay names (``study.json`` records them; each machine resolves them)."""
+    data, model = cfg.data, cfg.model
+    if os.path.exists(os.path.expanduser(data.path)):
+        data = data.model_copy(update={"path": str(Path(data.path).expanduser().resolve())})
+    if os.path.isdir(os.path.expanduser(model.name)):
+        model = model.model_copy(update={"name": str(Path(model.name).expanduser().resolve())})
     return cfg.model_copy(update={"data": data, "model": model})
 
 
-def _check_model_and_data(cfg: StudyConfig) -> int:
-    """Load the data once (columns, labels, sizes) and check every target-module preset and
-    ``lora.modules_to_save`` against the model's layers — on a meta-device model, so no weights
-    are read. The data and the model path come first: they fail without importing torch."""
-    from trainables.data import load_splits
-    from trainables.model import apply_pooling, check_model_name, check_modules_to_save, check_target_modules
+def _preflight(cfg: StudyConfig) -> int:
+    """Every trial the study may run can start (:func:`trainables.preflight`); the train split's size."""
+    from trainables import preflight
 
-    base = cfg.base_trial()
-    raw = load_splits(base.data)
-    n_train = len(raw.train_texts)
-    sizes = cfg.search["data.size"].values_to_check() if "data.size" in cfg.search and cfg.search["data.size"].kind == "choice" else [base.data.size]
-    for s in sizes:
-        n = type(base.data).model_validate({**base.data.model_dump(), "size": s}).size
-        if isinstance(n, int) and n > n_train:
-            where = "search.data.size" if "data.size" in cfg.search else "data.size"
-            raise ConfigError(f"{where}: {n} is larger than the train split ({n_train} examples in {raw.source})")
-    model_path = check_model_name(base.model.name)
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    try:
-        mcfg = AutoConfig.from_pretrained(model_path, num_labels=len(raw.label_names))
-    except OSError as e:
-        raise ConfigError(f"model.name={base.model.name!r}: cannot load ({str(e).splitlines()[0]})") from None
-    with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(mcfg)
-    targets = cfg.search["lora.target_modules"].values_to_check() if "lora.target_modules" in cfg.search else [base.lora.target_modules]
-    for t in targets:
-        lora = type(base.lora).model_validate({**base.lora.model_dump(), "target_modules": t})
-        check_target_modules(model, lora.module_list())
-    check_modules_to_save(model, base.lora.modules_to_save)
-    for pooling in cfg.search["model.pooling"].values_to_check() if "model.pooling" in cfg.search else [base.model.pooling]:
-        apply_pooling(model, pooling, base.model.name, base.lora.modules_to_save)
-    return n_train
+    return preflight(cfg.trial, {key: dist.values_to_check() for key, dist in cfg.search.items()})
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -149,7 +118,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
                 f"study {name!r} already exists in {paths.local}: continue it with "
                 f"`python -m study.run --name {name} --resume`, or pick another --name"
             )
-        n_train = _check_model_and_data(cfg)
+        n_train = _preflight(cfg)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
         _check_tracking(tracking)
     except BaseException:
@@ -171,10 +140,7 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
     try:
         if args.config or args.set:
             log.warning("--resume continues the study with its stored config; --config/--set are ignored")
-        try:
-            cfg = StudyConfig.model_validate(record["config"])
-        except Exception as e:
-            raise ConfigError(f"{paths.study_json}: not a lora-study record ({type(e).__name__})") from None
+        cfg = StudyConfig.from_record(record, paths.study_json)
         _check_resume_flags(flags, cfg)
         record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
         _check_tracking(record["tracking_uri"])
@@ -221,7 +187,7 @@ def _check_resume_flags(flags: dict[str, Any], cfg: StudyConfig) -> None:
 
 
 def _check_tracking(uri: str) -> None:
-    from .tracking import check_tracking
+    from .tracking.server import check_tracking
 
     check_tracking(uri)
 
@@ -229,18 +195,19 @@ def _check_tracking(uri: str) -> None:
 # --------------------------------------------------------------------------- execution
 
 
-def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
+def _tuner(prep: Prepared, parent_run_id: str):
     """Build (or restore) the Tuner with searcher, scheduler, callbacks."""
     from ray import tune
 
-    from trainables.lora import train
+    from trainables import train
 
-    from . import searcher as S
-    from .atomic_fs import AtomicLocalFS, DiskFullWatch
-    from .progress import ProgressView
-    from .space import param_space
-    from .strategy import build_strategy
-    from .tracking import MLflowTracker
+    from .console.progress import ProgressView
+    from .search.journal import OptunaJournalCallback
+    from .search.registry import build_search
+    from .search.space import param_space
+    from .storage.atomic_fs import AtomicLocalFS, DiskFullWatch
+    from .storage.repair import RepairCheckpointRecords
+    from .tracking.tracker import MLflowTracker
 
     cfg = prep.cfg
     res = cfg.resources
@@ -250,17 +217,17 @@ def _tuner(prep: Prepared, tracker_cls, parent_run_id: str):
         return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
                                   storage_filesystem=storage_fs), None
     threads = {"train.threads": max(1, int(res.cpus_per_trial))}
-    strategy = build_strategy(cfg, prep.n_train)
-    search_alg, scheduler, callbacks = strategy.searcher, strategy.scheduler, list(strategy.callbacks)
+    plan = build_search(cfg, prep.n_train)
+    search_alg, scheduler, callbacks = plan.searcher, plan.scheduler, list(plan.callbacks)
     fixed = {k: v for k, v in param_space(cfg, threads).items() if k not in cfg.search}
     metric, mode = cfg.study.metric, cfg.study.mode
     callbacks.insert(0, DiskFullWatch(prep.paths.storage))
-    if cfg.search and cfg.study.searcher != "rung-tpe":  # rung-tpe keeps no Optuna study between suggestions
-        callbacks.append(S.OptunaJournalCallback(search_alg, prep.paths.journal))
+    if plan.journal:
+        callbacks.append(OptunaJournalCallback(search_alg, prep.paths.journal))
     pruned_signal = scheduler if hasattr(scheduler, "was_pruned") else None
     callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=pruned_signal, searched=sorted(cfg.search)))
     callbacks.append(ProgressView(sorted(cfg.search), metric, mode, pruned_signal=pruned_signal))
-    callbacks.append(S.RepairCheckpointRecords())
+    callbacks.append(RepairCheckpointRecords())
     tune_config = tune.TuneConfig(
         search_alg=search_alg, scheduler=scheduler, num_samples=cfg.study.num_samples,
         time_budget_s=cfg.study.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname,
@@ -294,7 +261,7 @@ def _init_ray(address: str | None) -> bool:
     # configure_logging=False: Ray's driver logs go to the study log (study.console), not stderr;
     # trial workers log WARNING and above only (their INFO was "Checkpoint successfully created"
     # once per evaluation, forwarded to the driver's stderr) and keep quiet when told to exit.
-    env = {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}, "worker_process_setup_hook": "study.console.quiet_worker_exit"}
+    env = {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}, "worker_process_setup_hook": "study.console.logs.quiet_worker_exit"}
     quiet: dict[str, Any] = {"configure_logging": False, "runtime_env": env}
     if address:
         ray.init(address=address, **quiet)
@@ -315,11 +282,12 @@ def _shutdown_ray(started: bool, log_path: Path) -> None:
 
 
 def execute(prep: Prepared, address: str | None) -> int:
-    from .atomic_fs import DiskFullError
-    from .labels import legend
-    from .report import summarize, print_summary
-    from .tracking import (MLflowTracker, configure_mlflow_http, finish_parent_run, start_parent_run, study_params,
-                           tracking_problem, undelivered_operations)
+    from .console.labels import legend
+    from .storage.atomic_fs import DiskFullError
+    from .tracking.queue import undelivered_operations
+    from .tracking.runs import finish_parent_run, start_parent_run, study_params
+    from .tracking.server import configure_mlflow_http, tracking_problem
+    from .tracking.summary import print_summary, summarize
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # snapshots per report are intended: nothing lost on a crash
@@ -349,7 +317,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     started_ray = _init_ray(address)
     t0 = time.time()
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
-    tuner, _ = _tuner(prep, MLflowTracker, parent)
+    tuner, _ = _tuner(prep, parent)
     interrupted = False
     try:
         results = tuner.fit()
@@ -397,7 +365,7 @@ def execute(prep: Prepared, address: str | None) -> int:
 def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
     """Log and register the best adapter — unless ``summary.json`` already names a registration
     of this same checkpoint (``--resume`` of a finished study must not add a duplicate version)."""
-    from .export import log_best_adapter
+    from .deploy.registry import log_best_adapter
 
     try:
         before = json.loads(prep.paths.summary_json.read_text()) if prep.paths.summary_json.is_file() else {}
@@ -416,8 +384,6 @@ def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict
 
 def _resume_command(prep: Prepared) -> str:
     """The command that continues this study (with the storage and tracking URI it needs)."""
-    from .store import is_local_tracking_uri
-
     cmd = f"python -m study.run --name {prep.paths.name} --resume"
     if prep.paths.storage != str(LOCAL_ROOT.resolve()):
         cmd += f" --storage {prep.paths.storage}"
@@ -428,10 +394,10 @@ def _resume_command(prep: Prepared) -> str:
 
 def _stop_on_full_disk(prep: Prepared, parent: str, err: OSError) -> int:
     """The study stopped on a full disk: one line saying where, how much room, and what to run."""
-    from .atomic_fs import _is_enospc
-    from .tracking import finish_parent_run
+    from .storage.atomic_fs import is_enospc
+    from .tracking.runs import finish_parent_run
 
-    if not _is_enospc(err):
+    if not is_enospc(err):
         raise err
     try:
         write_json(prep.paths.study_json, prep.record)
@@ -446,7 +412,7 @@ def _stop_on_full_disk(prep: Prepared, parent: str, err: OSError) -> int:
 
 def _describe_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> None:
     """The best trial's values and a link to its run on the parent run (a warning if MLflow fails)."""
-    from .tracking import describe_best
+    from .tracking.runs import describe_best
 
     if not summary.get("best"):
         return

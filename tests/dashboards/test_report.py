@@ -21,7 +21,8 @@ from dashboards import plots as P
 from dashboards.data import load_study_data
 from dashboards.html import fmt
 from dashboards.report import CONFUSION_JSON, FIGURES, SECTION_IDS, build_report, main
-from study.labels import trial_label
+from study.console.labels import trial_label
+from study.search.space import asha_rungs
 
 #: Figures every study with at least one result gets (importances need varied accuracies).
 ALWAYS = [f for f in FIGURES if f != "param_importances.png"]
@@ -65,7 +66,7 @@ def shown_seconds(text: str) -> float:
 
 
 def test_header_numbers_equal_summary_and_ray(built, tiny_study):
-    from study.report import trial_rows
+    from study.tracking.summary import trial_rows
 
     home, _, page, summary = built
     rows = trial_rows(str(Path(home) / tiny_study[0]))
@@ -127,7 +128,7 @@ def figures(tiny_study):
     name, home = tiny_study
     data = load_study_data(name, str(home), read_mlflow=False)
     max_t = A.asha_max_t(data)
-    rungs = A.asha_rungs(data.cfg.asha.grace_period, data.cfg.asha.reduction_factor, max_t)
+    rungs = asha_rungs(data.cfg.asha.grace_period, data.cfg.asha.reduction_factor, max_t)
     pts = A.trainable_points(data)
     history = data.row(data.best["trial_id"])["history"]
     return data, {
@@ -224,10 +225,10 @@ def test_unknown_study_is_one_line_exit_2(tiny_study, capsys):
 
 
 def test_asha_rungs_and_pareto_front():
-    assert A.asha_rungs(150, 2, 600) == [150, 300, 600]
-    assert A.asha_rungs(100, 2, 600) == [100, 200, 400]
-    assert A.asha_rungs(500, 3, 2000) == [500, 1500]
-    assert A.asha_rungs(5000, 2, 1000) == [1000]  # the runner caps grace_period at max_t
+    assert asha_rungs(150, 2, 600) == [150, 300, 600]
+    assert asha_rungs(100, 2, 600) == [100, 200, 400]
+    assert asha_rungs(500, 3, 2000) == [500, 1500]
+    assert asha_rungs(5000, 2, 1000) == [1000]  # the runner caps grace_period at max_t
     pts = [{"trainable_params": n, "accuracy": a} for n, a in [(10, 0.80), (20, 0.79), (30, 0.85), (40, 0.85), (50, 0.90)]]
     assert [(p["trainable_params"], p["accuracy"]) for p in A.pareto_front(pts)] == [(10, 0.80), (30, 0.85), (50, 0.90)]
     assert A.resolve_size(None, 67349) == 67349 and A.resolve_size(0.5, 1000) == 500 and A.resolve_size(8000, 600) == 600

@@ -1,4 +1,4 @@
-"""``study.atomic_fs``: a write that runs out of space fails at once and never replaces a good file.
+"""``study.storage.atomic_fs``: a write that runs out of space fails at once and never replaces a good file.
 
 Issue 18, item 1: writing 4 MB with 2 MB free replaced a good file with a 2,093,056-byte one and
 raised nothing. Here the full disk is a real tmpfs when this process may mount one, else the raw
@@ -19,8 +19,8 @@ import pyarrow
 import pyarrow.fs
 import pytest
 
-from study import atomic_fs
-from study.atomic_fs import AtomicLocalFS, DiskFullError, DiskFullWatch, disk_full_events
+from study.storage import atomic_fs
+from study.storage.atomic_fs import AtomicLocalFS, DiskFullError, DiskFullWatch, disk_full_events
 
 GOOD = b"good old version\n" * 1000
 
@@ -104,7 +104,7 @@ def test_watch_stops_on_driver_and_trial_disk_full(tmp_path):
         watch.on_step_end(1, [])
     err = tmp_path / "error.txt"
     err.write_text("Failure # 1 (occurred at now)\nRayTaskError(OSError): ray::train() ...\n"
-                   f"study.atomic_fs.DiskFullError: disk full writing {tmp_path}/trial_1/checkpoint_000002/adapter_model.safetensors (0.0 MiB free of 40.0 MiB)\n")
+                   f"study.storage.atomic_fs.DiskFullError: disk full writing {tmp_path}/trial_1/checkpoint_000002/adapter_model.safetensors (0.0 MiB free of 40.0 MiB)\n")
     trial = types.SimpleNamespace(error_file=str(err))
     watch.on_trial_recover(2, [], trial)  # noted; raising here would reach Ray's failure handler
     with pytest.raises(DiskFullError, match="checkpoint_000002/adapter_model.safetensors"):

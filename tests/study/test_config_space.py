@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from study.config import StudyConfig, load_study_config
-from study.space import SEED_RECIPES, in_space, max_samples, param_space, seed_points
+from study.search.space import SEED_RECIPES, in_space, max_samples, param_space, seed_points
 from trainables.config import ConfigError, TrialConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def test_bad_study_config_names_the_key(overrides, needle):
 def test_set_reaches_any_key_and_search_overrides():
     cfg = load_study_config(ROOT / "study" / "configs" / "sst2-quick.yaml",
                             ["data.path=reviews.csv", "data.text_column=review", "search.lora.r.choice=[4,8]"])
-    assert cfg.base_trial().data.text_column == "review"
+    assert cfg.trial.data.text_column == "review"
     assert cfg.search["lora.r"].choice == [4, 8]
 
 
@@ -92,15 +92,15 @@ def test_rung_tpe_strategy_compares_trials_at_asha_rungs():
     """``study.searcher: rung-tpe`` builds the BOHB-style searcher over ASHA's rungs (grace 500,
     factor 2, max 8000 → 500 … 8000); the model uses the highest rung with d + 2 results."""
     from study.config import StudyConfig
-    from study.rung_tpe import RungTPESearch
-    from study.strategy import build_strategy
+    from study.search.registry import build_search
+    from study.search.rung_tpe import RungTPESearch
 
     cfg = StudyConfig.model_validate({
         "study": {"searcher": "rung-tpe", "seed_points": False, "max_concurrent": 2},
         "asha": {"grace_period": 500, "reduction_factor": 2, "max_t": 8000},
         "search": {"train.lr": {"loguniform": [1e-5, 5e-3]}, "lora.r": {"choice": [4, 8]}},
     })
-    searcher = build_strategy(cfg, 60000).searcher.searcher
+    searcher = build_search(cfg, 60000).searcher.searcher
     assert isinstance(searcher, RungTPESearch) and searcher._rungs == [500, 1000, 2000, 4000, 8000]
     searcher.set_search_properties("accuracy", "max", {})
     for i in range(4):  # four trials reach rung 500, two of them rung 1000

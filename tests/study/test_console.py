@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.labels import legend, short_values, trial_label
-from study.progress import ProgressView
+from study.console.labels import legend, short_values, trial_label
+from study.console.progress import ProgressView
 from tests.conftest import ROOT
 
 #: The issue's budget for the quick study; the tiny study (6 trials, an evaluation every 100 of
@@ -110,7 +110,7 @@ def test_progress_view_states_and_best_so_far(capsys):
     assert view.get_state() == {"best": (0.80, "aaaa")}
 
 
-@pytest.mark.parametrize("module", ["study.run", "trainables.lora", "dashboards.report"])
+@pytest.mark.parametrize("module", ["study.run", "trainables.loop", "dashboards.report"])
 def test_help_imports_nothing_heavy(module):
     """``--help`` answers before torch, transformers, Ray or MLflow load (those take seconds)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], cwd=ROOT, capture_output=True,
@@ -123,7 +123,7 @@ def test_help_imports_nothing_heavy(module):
 
 _UNRAISABLE = """
 import gc, sys
-from study.console import quiet_worker_exit
+from study.console.logs import quiet_worker_exit
 quiet_worker_exit()
 class Exits:
     def __del__(self):

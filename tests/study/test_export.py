@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study import export
-from study.inference import META_FILE, load_classifier
+from study.deploy import export
+from trainables import META_FILE, load_classifier, portable_base_model
 from trainables.data import read_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ import numpy as np, torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trainables.data import TokenizedSplit, read_table
-from trainables.lora import predict_logits
+from trainables.loop import predict_logits
 
 base_dir, adapter, dev, out = sys.argv[1:5]
 model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2), adapter)
@@ -122,7 +122,7 @@ def test_stock_peft_in_a_fresh_process_reproduces_the_study(exported, tiny_study
     assert np.array_equal(stock.argmax(-1), ours.argmax(-1))
     np.testing.assert_allclose(stock, ours, atol=1e-6)
     # and study.evaluate on the same dev data says the same
-    from study import evaluate
+    from study.deploy import evaluate
 
     rc, stdout, err = run_cli(evaluate, ["--model", exported, "--data", sst2_small, "--json"], capsys)
     assert rc == 0, err
@@ -243,7 +243,7 @@ def mean_export(tiny_st_bert, sst2_small, tmp_path_factory):
     """(export with ``--merge``, training history) of a checkpoint trained with mean pooling
     (``model.pooling=auto`` on a sentence-transformers layout)."""
     from trainables.config import TrialConfig
-    from trainables.lora import run_trial
+    from trainables.loop import run_trial
 
     tmp = tmp_path_factory.mktemp("mean")
     cfg = TrialConfig.from_dict({"model.name": str(tiny_st_bert), "data.path": str(sst2_small), "data.size": 128,
@@ -324,17 +324,17 @@ def test_export_names_the_base_model_portably(tiny_bert):
         (str(tiny_bert), str(tiny_bert.resolve()), True),  # a local directory: its path, with a warning
     ]
     for name, want, warns in cases:
-        got, warning = export.portable_base_model(name)
+        got, warning = portable_base_model(name)
         assert (got, warning is not None) == (want, warns), name
     assert resolve_model_name(EMBEDDED_HUB_ID) == resolve_model_name("embedded-minilm")  # loaders map the hub id back, offline
 
 
 def test_export_of_a_trainable_checkpoint_dir(tiny_study, exported, tmp_path, caplog, capsys):
-    """``trainables.lora --out OUT`` keeps its checkpoint in ``OUT/last``: ``--checkpoint OUT`` exports it."""
+    """``trainables.loop --out OUT`` keeps its checkpoint in ``OUT/last``: ``--checkpoint OUT`` exports it."""
     _, home = tiny_study
     run_dir = tmp_path / "run"
     shutil.copytree(summary(home)["best"]["checkpoint"], run_dir / "last")
-    with caplog.at_level("WARNING", logger="study.export"):
+    with caplog.at_level("WARNING", logger="trainables.export"):
         rc, stdout, err = run_cli(export, ["--checkpoint", run_dir, "--out", tmp_path / "out"], capsys)
     assert rc == 0, err
     assert sha(tmp_path / "out" / "adapter_model.safetensors") == sha(exported / "adapter_model.safetensors")

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study import evaluate, predict
-from study.inference import load_classifier
+from study.deploy import evaluate, predict
 from tests.study.test_export import ROOT, assert_one_line_error, exported, run_cli, summary  # noqa: F401  (exported is a fixture)
+from trainables import load_classifier
 from trainables.data import read_table
 
 TEXTS = ["a gripping , beautifully acted film", "dull , lifeless and far too long", "it 's fine"]
@@ -131,7 +131,7 @@ def test_evaluate_label_mapping(exported, clf, sst2_small, tmp_path, capsys):
 def test_evaluate_scores_a_single_file_whole_unless_asked(exported, clf, sst2_small, tmp_path, capsys):
     """A labelled file is scored whole by default (``n`` = its rows); ``--split dev`` is the part
     the study carved off it with the model's data seed/fraction."""
-    from trainables.config import DataConfig
+    from trainables.config import DataSection
     from trainables.data import load_splits
 
     f = tmp_path / "all.tsv"
@@ -145,13 +145,13 @@ def test_evaluate_scores_a_single_file_whole_unless_asked(exported, clf, sst2_sm
     rc, out, err = run_cli(evaluate, ["--model", exported, "--data", f, "--split", "dev", "--json"], capsys)
     assert rc == 0, err
     carved = json.loads(out)
-    assert carved["n"] == len(load_splits(DataConfig(path=str(f))).dev_texts) == 60 and carved["split"] == "dev"
+    assert carved["n"] == len(load_splits(DataSection(path=str(f))).dev_texts) == 60 and carved["split"] == "dev"
     assert "split carved with seed 0" in carved["data"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_study, tmp_path_factory) -> Path:
-    """The best trial's checkpoint laid out as ``python -m trainables.lora --out RUN`` leaves it
+    """The best trial's checkpoint laid out as ``python -m trainables.loop --out RUN`` leaves it
     (``RUN/last``: adapter + lora_study.json, no tokenizer)."""
     _, home = tiny_study
     out = tmp_path_factory.mktemp("run") / "run"
@@ -164,7 +164,7 @@ def run_dir(tiny_study, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("which", ["run", "run/last"])
 def test_predict_and_evaluate_load_a_trainable_checkpoint(which, run_dir, exported, clf, sst2_small, capsys):
-    """``trainables.lora --out`` output (issue #16: "no tokenizer" before): the tokenizer is the
+    """``trainables.loop --out`` output (issue #16: "no tokenizer" before): the tokenizer is the
     base model's; same predictions and scores as the export of the same checkpoint."""
     model = run_dir if which == "run" else run_dir / "last"
     rc, out, err = run_cli(predict, ["--model", model, "--json", *TEXTS], capsys)

@@ -1,4 +1,4 @@
-"""``RepairCheckpointRecords`` (study/searcher.py) on hand-made trials: which checkpoint a trial
+"""``RepairCheckpointRecords`` (study/storage/repair.py) on hand-made trials: which checkpoint a trial
 resumes from after a driver crash or a trial restart (issue 18, item 2). The end-to-end version
 (real SIGKILL, real torn file) is ``test_resume_faults.test_resume_after_sigkill_continues_from_checkpoints``."""
 
@@ -13,11 +13,11 @@ import pyarrow.fs
 import pytest
 from ray.tune import Checkpoint
 
-from study.searcher import RepairCheckpointRecords
+from study.storage.repair import RepairCheckpointRecords
 
 
 def _verify(d: str) -> None:
-    """Stands for ``trainables.lora.load_checkpoint``: a checkpoint is intact if it says so."""
+    """Stands for ``trainables.loop.load_checkpoint``: a checkpoint is intact if it says so."""
     if (Path(d) / "state").read_text() != "intact":
         raise ValueError(f"checkpoint {d}: unreadable (truncated)")
 

@@ -1,10 +1,10 @@
-"""study/report.py: the best trial and checkpoint are picked the same way whatever order Ray lists them in."""
+"""study/tracking/summary.py: the best trial and checkpoint are picked the same way whatever order Ray lists them in."""
 
 import itertools
 
 import pytest
 
-from study.report import _best_of
+from study.tracking.summary import _best_of
 
 CASES = [  # (mode, (id, score) items, expected id)
     ("max", [("a", 0.5), ("b", 0.7), ("c", 0.6)], "b"),

@@ -199,7 +199,7 @@ def check_history(tid: str, rows: list[dict[str, Any]], state: str) -> tuple[lis
 def mlflow_runs(uri: str, experiment: str):
     from mlflow.tracking import MlflowClient
 
-    from study.tracking import PARENT_TAG, ROLE_TAG
+    from study.tracking.runs import PARENT_TAG, ROLE_TAG
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -220,7 +220,7 @@ def verify_study(home: Path, name: str, n: int, *, exact_metrics: bool = False) 
     """
     from ray.tune import ExperimentAnalysis
 
-    from study.tracking import STATE_TAG, TRIAL_ID_TAG
+    from study.tracking.runs import STATE_TAG, TRIAL_ID_TAG
 
     exp_dir = home / name
     summary = json.loads((exp_dir / "summary.json").read_text())
@@ -708,7 +708,7 @@ def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, ti
     ``--resume`` of the finished study registers no duplicate model version.
 
     The disk is a 64 MiB tmpfs filled up once a checkpoint exists (when this process may mount),
-    else writes through ``study.atomic_fs`` fail with ENOSPC while a flag file exists (injected in
+    else writes through ``study.storage.atomic_fs`` fail with ENOSPC while a flag file exists (injected in
     the driver and Ray's workers by ``tests/study/enospc_site/sitecustomize.py``)."""
     n, name = 2, "full"
     small = tmp_path / "small"
@@ -771,7 +771,7 @@ def test_fresh_sqlite_store_first_use_is_serialized(tmp_path):
     MLflow's schema migrations; the loser crashed with ``duplicate column name: step``. The
     runner's first use (``check_tracking``) holds a lock beside the database."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import sys; from study.tracking import check_tracking, start_parent_run; "
+    code = ("import sys; from study.tracking.server import check_tracking; from study.tracking.runs import start_parent_run; "
             "check_tracking(sys.argv[1]); start_parent_run(sys.argv[1], sys.argv[2], sys.argv[2], {'a': 1})")
     procs = [subprocess.Popen([sys.executable, "-c", code, uri, f"s{i}"], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(3)]

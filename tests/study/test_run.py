@@ -231,7 +231,7 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
     import optuna
     from mlflow import MlflowClient
 
-    from study.searcher import load_optuna_study
+    from study.search.journal import load_optuna_study
 
     home = tmp_path / "studies"
     args = tiny_study_args("e2e", home, "embedded-minilm", sst2_small, num_samples=6)
@@ -259,7 +259,7 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
     assert set(by_trial) == set(rows) and all(len(v) == 1 for v in by_trial.values())
     assert all(v[0].info.status in ("FINISHED", "KILLED") for v in by_trial.values())
     assert {t for t, v in by_trial.items() if v[0].data.tags["lora_study.state"] == "pruned"} == pruned
-    from study.report import trial_rows
+    from study.tracking.summary import trial_rows
 
     for row in trial_rows(str(home / "e2e")):
         hist = client.get_metric_history(by_trial[row["trial_id"]][0].info.run_id, "accuracy")
@@ -294,12 +294,13 @@ def test_undelivered_mlflow_operations_are_a_nonzero_exit(tmp_path, monkeypatch,
     summary) while operations were "NOT delivered" and nothing was registered. The study still
     prints its summary, then one line saying what MLflow lacks and what to run, and exits 3.
     (Tuner and MLflow replaced by stand-ins: this is the runner's end-of-study decision.)"""
-    import study.export
-    import study.report
+    import study.deploy.registry
     import study.run as run
-    import study.tracking
+    import study.tracking.queue
+    import study.tracking.runs
+    import study.tracking.summary
     from study.config import StudyConfig
-    from study.store import study_paths
+    from study.storage.studies import study_paths
 
     uri = "http://127.0.0.1:9"
     prep = run.Prepared(StudyConfig(), study_paths("down", str(tmp_path)), False, 10,
@@ -307,7 +308,7 @@ def test_undelivered_mlflow_operations_are_a_nonzero_exit(tmp_path, monkeypatch,
 
     class Tuner:
         def fit(self):
-            study.tracking._UNDELIVERED["parent-1"] = 20  # what MLflowTracker.on_experiment_end records
+            study.tracking.queue.record_undelivered("parent-1", 20)  # what MLflowTracker.on_experiment_end records
             return None
 
     def no_registry(*a, **k):
@@ -316,13 +317,13 @@ def test_undelivered_mlflow_operations_are_a_nonzero_exit(tmp_path, monkeypatch,
     summary = {"name": "down", "metric": "accuracy", "wall_s": 1.0, "compute_s": 1.0, "table": [],
                "trials": {"completed": 2, "pruned": 0, "failed": 0, "unfinished": 0, "total": 2},
                "best": {"trial_id": "t1", "accuracy": 0.9, "checkpoint": "/x", "params": {}}}
-    monkeypatch.setattr(study.tracking, "start_parent_run", lambda *a, **k: "parent-1")
-    monkeypatch.setattr(study.tracking, "finish_parent_run", lambda *a, **k: False)
-    monkeypatch.setattr(study.report, "summarize", lambda *a, **k: dict(summary))
-    monkeypatch.setattr(study.report, "print_summary", lambda s: print("== summary =="))
-    monkeypatch.setattr(study.export, "log_best_adapter", no_registry)
+    monkeypatch.setattr(study.tracking.runs, "start_parent_run", lambda *a, **k: "parent-1")
+    monkeypatch.setattr(study.tracking.runs, "finish_parent_run", lambda *a, **k: False)
+    monkeypatch.setattr(study.tracking.summary, "summarize", lambda *a, **k: dict(summary))
+    monkeypatch.setattr(study.tracking.summary, "print_summary", lambda s: print("== summary =="))
+    monkeypatch.setattr(study.deploy.registry, "log_best_adapter", no_registry)
     monkeypatch.setattr(run, "_init_ray", lambda address: False)
-    monkeypatch.setattr(run, "_tuner", lambda prep, cls, parent: (Tuner(), None))
+    monkeypatch.setattr(run, "_tuner", lambda prep, parent: (Tuner(), None))
     assert run.execute(prep, None) == run.EXIT_TRACKING == 3
     out, err = capsys.readouterr()
     assert "== summary ==" in out

@@ -1,4 +1,4 @@
-"""study.searcher: ASHA-stopped trials reach Optuna as PRUNED, across Tuner.restore too.
+"""study.search (tpe + asha): ASHA-stopped trials reach Optuna as PRUNED, across Tuner.restore too.
 
 The toy trainable is pure Python: accuracy = x * s / (s + 20) at s = samples_seen, so the
 ranking at every ASHA rung is the ranking by ``x`` and the ground truth is known: a trial
@@ -26,15 +26,9 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.search_generator import SearchGenerator
 
-from study.searcher import (
-    PrunedFeedbackOptunaSearch,
-    SchedulerStateCallback,
-    get_optuna_study,
-    load_optuna_study,
-    make_scheduler,
-    make_searcher,
-    save_optuna_study,
-)
+from study.search.asha import SchedulerStateCallback, make_scheduler
+from study.search.journal import get_optuna_study, load_optuna_study, save_optuna_study
+from study.search.tpe import PrunedFeedbackOptunaSearch, make_searcher
 
 MAX_T = 80
 SPACE = {"x": tune.uniform(0.0, 1.0), "n_reports": tune.choice([3, 8])}
@@ -337,7 +331,7 @@ def test_repair_resumes_only_from_checkpoints_the_history_reaches(case, rows, ck
     import pyarrow.fs
     from ray.tune import Checkpoint
 
-    from study.searcher import RepairCheckpointRecords
+    from study.storage.repair import RepairCheckpointRecords
 
     fs = pyarrow.fs.LocalFileSystem()
     records = {}

@@ -1,6 +1,6 @@
 """A real export of the embedded MiniLM, loaded every way a user loads it (issue #16).
 
-The fixture trains a small real adapter (``python -m trainables.lora --out``, 600 SST-2
+The fixture trains a small real adapter (``python -m trainables.loop --out``, 600 SST-2
 sentences, mean pooling as the embedded MiniLM's default), exports it with ``--merge``, registers
 it the way a study does (``log_best_adapter``: the best trial's own run, alias ``best``), then
 copies the export to a fresh directory and deletes the original, so no absolute path can hide.
@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import export
-from study.inference import META_FILE, load_classifier
+from study.deploy import export, registry
+from trainables import META_FILE, load_classifier
 from trainables.data import read_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,10 +72,10 @@ def hf_home(tmp_path_factory) -> Path:
 
 def _registry(root: Path, checkpoint: Path, history: list[dict]) -> SimpleNamespace:
     """Register ``checkpoint`` as a study would: a parent run, the trial's child run (tagged as
-    ``study.tracking`` tags it), ``log_best_adapter``."""
+    ``study.tracking.runs`` tags it), ``log_best_adapter``."""
     from mlflow import MlflowClient
 
-    from study.tracking import PARENT_TAG, TRIAL_ID_TAG
+    from study.tracking.runs import PARENT_TAG, TRIAL_ID_TAG
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -87,17 +87,17 @@ def _registry(root: Path, checkpoint: Path, history: list[dict]) -> SimpleNamesp
     best = {"trial_id": "t0001", "checkpoint": str(checkpoint), "params": {"lora.r": 8, "train.lr": 0.002},
             **{k: history[-1][k] for k in ("accuracy", "f1", "eval_loss", "samples_seen", "trainable_params")}}
     summary = {"name": "real", "metric": "accuracy", "mode": "max", "best": best}
-    reg = export.log_best_adapter(uri, parent, summary, NAME, SimpleNamespace(local=root / "study"))
+    reg = registry.log_best_adapter(uri, parent, summary, NAME, SimpleNamespace(local=root / "study"))
     return SimpleNamespace(tracking_uri=uri, parent=parent, child=child, summary=summary, **reg)
 
 
 @pytest.fixture(scope="module")
 def real(sst2_small, tmp_path_factory, fifty) -> SimpleNamespace:
-    from trainables import lora
+    from trainables import loop
 
     root = tmp_path_factory.mktemp("real")
     out = root / "train-out"
-    assert lora.main(["--set", f"data.path={sst2_small}", "--set", "data.label_names=[negative,positive]", "--set", "data.max_length=64",
+    assert loop.main(["--set", f"data.path={sst2_small}", "--set", "data.label_names=[negative,positive]", "--set", "data.max_length=64",
                       "--set", "train.lr=0.002", "--set", "train.threads=1", "--set", "train.eval_every_samples=600",
                       "--out", str(out)]) == 0
     history = json.loads((out / "metrics.json").read_text())
@@ -228,7 +228,7 @@ def test_stock_loaders_predict_like_lora_study_or_refuse_loudly(loader, error, s
 @pytest.mark.slow
 def test_study_predict_cli_on_the_copied_export_and_on_the_training_checkpoint(real, fifty, tmp_path):
     """``python -m study.predict`` on the copied export, its merged model (remote code: no
-    prompt on stdin, nothing but the JSON on stdout), and the ``trainables.lora --out``
+    prompt on stdin, nothing but the JSON on stdout), and the ``trainables.loop --out``
     directory it was exported from (no tokenizer there: the base model's)."""
     texts = tmp_path / "fifty.txt"
     texts.write_text("\n".join(fifty) + "\n")
@@ -307,7 +307,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("data,columns,texts", [a[1:] for a in ACCEPTED], ids=[a[0] for a in ACCEPTED])
 def test_pyfunc_input_accepted(data, columns, texts):
-    from study.serving import texts_from_input
+    from study.deploy.serving import texts_from_input
 
     assert texts_from_input(data, columns) == texts
 
@@ -317,7 +317,7 @@ def test_pyfunc_input_refused_in_one_line(data, message):
     """MLflow's INVALID_PARAMETER_VALUE (HTTP 400 when served) with a one-line reason."""
     from mlflow.exceptions import MlflowException
 
-    from study.serving import texts_from_input
+    from study.deploy.serving import texts_from_input
 
     with pytest.raises(MlflowException) as e:
         texts_from_input(data, ("sentence", "text"))

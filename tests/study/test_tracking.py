@@ -1,4 +1,4 @@
-"""study.tracking: one MLflow child run per trial, right end states, restore- and outage-safe;
+"""study.tracking (runs, tracker, queue): one MLflow child run per trial, right end states, restore- and outage-safe;
 runs a person can read (named after the searched values, only the project's metrics, a parent run
 with the study's config and search space, no ``None`` params, pruned trials not looking failed).
 
@@ -19,20 +19,21 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-import study.tracking as tracking
-from study.searcher import make_scheduler, make_searcher
+import study.tracking.tracker as tracking
 from study.config import load_study_config
-from study.tracking import (
+from study.search.asha import make_scheduler
+from study.search.tpe import make_searcher
+from study.tracking.runs import (
     PARENT_TAG,
     STATE_TAG,
     TRIAL_ID_TAG,
-    MLflowTracker,
     describe_best,
     finish_parent_run,
     flatten_params,
     start_parent_run,
     study_params,
 )
+from study.tracking.tracker import MLflowTracker
 from tests.conftest import ROOT
 from tests.study.test_searcher import (  # noqa: F401  (ray_local is a fixture)
     MAX_T,

@@ -84,7 +84,7 @@ def test_names_leading_out_of_the_studies_root_are_refused(tmp_path, capsys):
     """``../`` reaches a planted study in the old code (payloads ran in ``--resume`` and in a
     report); every entry point now refuses the name, so nothing there is read."""
     from dashboards.report import main as report_main
-    from study.export import main as export_main
+    from study.deploy.export import main as export_main
     from study.run import main as run_main
 
     root, evil, marker = tmp_path / "studies", tmp_path / "elsewhere" / "evil", tmp_path / "PWNED"
@@ -115,7 +115,7 @@ def test_report_and_export_never_unpickle(tiny_study, tmp_path, monkeypatch, cap
     from the journal, and does not send the user's MLflow credentials to the URI the study's
     ``study.json`` names."""
     from dashboards.report import main as report_main
-    from study.export import main as export_main
+    from study.deploy.export import main as export_main
 
     name, home = tiny_study
     root, marker = tmp_path / "copy", tmp_path / "PWNED"
@@ -153,7 +153,7 @@ def test_report_and_export_never_unpickle(tiny_study, tmp_path, monkeypatch, cap
     ("sqlite:////tmp/x/mlflow.db", None, None, True, True),       # a local store gets no credentials
 ])
 def test_stored_tracking_uri_gets_no_credentials_it_was_not_given(stored, given, env, creds, ok, monkeypatch):
-    from study.store import trusted_tracking_uri
+    from study.tracking.trust import trusted_tracking_uri
     from trainables.config import ConfigError
 
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainables.config import DataConfig
+from trainables.config import DataSection
 from trainables.data import (
     DataError,
     load_splits,
@@ -19,7 +19,7 @@ def _write(path, rows, header=("sentence", "label"), sep="\t"):
 
 
 def test_sst2_directory(sst2):
-    raw = load_splits(DataConfig(path=str(sst2)))
+    raw = load_splits(DataSection(path=str(sst2)))
     assert len(raw.train_texts) == 67349 and len(raw.dev_texts) == 872
     assert raw.label_names == ["0", "1"]
     assert int(raw.dev_labels.sum()) == 444  # positives in dev, as the data README says
@@ -28,7 +28,7 @@ def test_sst2_directory(sst2):
 def test_single_csv_gets_stratified_dev(tmp_path):
     rows = [(f"text number {i}", "pos" if i % 3 else "neg") for i in range(300)]
     _write(tmp_path / "reviews.csv", rows, header=("review", "sentiment"), sep=",")
-    cfg = DataConfig(path=str(tmp_path / "reviews.csv"), text_column="review", label_column="sentiment", dev_fraction=0.2)
+    cfg = DataSection(path=str(tmp_path / "reviews.csv"), text_column="review", label_column="sentiment", dev_fraction=0.2)
     raw = load_splits(cfg)
     assert raw.label_names == ["neg", "pos"]
     assert len(raw.dev_texts) == 60 and len(raw.train_texts) == 240
@@ -47,7 +47,7 @@ def test_other_formats(tmp_path, fmt):
             df.to_parquet(tmp_path / f"{split}.parquet")
         else:
             df.to_json(tmp_path / f"{split}.jsonl", orient="records", lines=True)
-    raw = load_splits(DataConfig(path=str(tmp_path)))
+    raw = load_splits(DataSection(path=str(tmp_path)))
     assert len(raw.train_texts) == 40 and len(raw.dev_texts) == 10
 
 
@@ -83,20 +83,20 @@ BAD = [
 @pytest.mark.parametrize("case,needle", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_one_line_error(tmp_path, case, needle):
     with pytest.raises(DataError) as e:
-        load_splits(DataConfig(path=str(_bad_dir(tmp_path, case))))
+        load_splits(DataSection(path=str(_bad_dir(tmp_path, case))))
     assert needle in str(e.value) and "\n" not in str(e.value)
     assert case in str(e.value)  # names the file or directory
 
 
 def test_missing_path_says_how_to_provide_data(tmp_path):
     with pytest.raises(DataError, match="LORA_STUDY_DATA"):
-        load_splits(DataConfig(path=str(tmp_path / "nowhere")))
+        load_splits(DataSection(path=str(tmp_path / "nowhere")))
 
 
 def test_size_larger_than_train(sst2_small):
     tok = load_tokenizer("embedded-minilm")
     with pytest.raises(DataError, match="larger than the train split"):
-        prepare_data(DataConfig(path=str(sst2_small), size=601), tok)
+        prepare_data(DataSection(path=str(sst2_small), size=601), tok)
 
 
 def test_subset_is_stratified_deterministic_and_nested_in_labels():
@@ -136,31 +136,31 @@ def test_tokens_are_cached_on_disk(tmp_path, monkeypatch):
 
 def test_sst2_padding_efficiency_with_real_tokenizer(sst2):
     tok = load_tokenizer("embedded-minilm")
-    data = prepare_data(DataConfig(path=str(sst2), size=8000), tok)
+    data = prepare_data(DataSection(path=str(sst2), size=8000), tok)
     lengths = data.train.lengths
     eff = padding_efficiency(lengths, make_batches(lengths, 32, seed=0, epoch=0))
     assert eff >= 0.9, eff
 
 
 def test_holdout_is_stratified_fixed_and_never_trained_on(sst2_small):
-    from trainables.config import DataConfig
+    from trainables.config import DataSection
     from trainables.data import load_splits
 
-    base = load_splits(DataConfig(path=str(sst2_small)))
-    raw = load_splits(DataConfig(path=str(sst2_small), holdout_size=200))
+    base = load_splits(DataSection(path=str(sst2_small)))
+    raw = load_splits(DataSection(path=str(sst2_small), holdout_size=200))
     assert len(raw.val_texts) == 200 and len(raw.train_texts) == len(base.train_texts) - 200
     assert raw.dev_texts == base.dev_texts  # dev stays the untouched report split
     train_rows = set(zip(raw.train_texts, raw.train_labels.tolist()))
     assert not train_rows & set(zip(raw.val_texts, raw.val_labels.tolist()))
     share = base.train_labels.mean()
     assert abs(raw.val_labels.mean() - share) < 0.01  # stratified
-    again = load_splits(DataConfig(path=str(sst2_small), holdout_size=200))
+    again = load_splits(DataSection(path=str(sst2_small), holdout_size=200))
     assert again.val_texts == raw.val_texts  # fixed by data.seed
 
 
 def test_holdout_too_large_is_one_line(sst2_small):
-    from trainables.config import DataConfig
+    from trainables.config import DataSection
     from trainables.data import DataError, load_splits
 
     with pytest.raises(DataError, match="holdout_size=599"):
-        load_splits(DataConfig(path=str(sst2_small), holdout_size=599))
+        load_splits(DataSection(path=str(sst2_small), holdout_size=599))

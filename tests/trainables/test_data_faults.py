@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainables.config import DataConfig
+from trainables.config import DataSection
 from trainables.data import DataError, load_splits, prepare_data
 from trainables.model import load_tokenizer
 
@@ -54,7 +54,7 @@ BAD = [  # (id, format, train frame, what the error says)
 @pytest.mark.parametrize("fmt,train,needle", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_broken_data_is_one_line(tmp_path, fmt, train, needle):
     with pytest.raises(DataError) as e:
-        load_splits(DataConfig(path=_write(tmp_path, fmt, train)))
+        load_splits(DataSection(path=_write(tmp_path, fmt, train)))
     msg = str(e.value)
     assert needle in msg and "\n" not in msg, msg
     assert f"train.{fmt}" in msg  # names the file
@@ -66,7 +66,7 @@ def test_a_label_named_none_is_a_label(tmp_path):
     dev = pd.DataFrame({"sentence": ["e"], "label": ["None"]})
     train.to_csv(tmp_path / "train.csv", index=False)
     dev.to_csv(tmp_path / "dev.csv", index=False)
-    assert load_splits(DataConfig(path=str(tmp_path))).label_names == ["None", "joy"]
+    assert load_splits(DataSection(path=str(tmp_path))).label_names == ["None", "joy"]
 
 
 def test_an_overlong_text_is_cut_before_tokenizing(tmp_path, caplog):
@@ -75,7 +75,7 @@ def test_an_overlong_text_is_cut_before_tokenizing(tmp_path, caplog):
     huge = "long " * 4_000_000
     train = pd.DataFrame({"sentence": ["short one", huge, "short two", "short three"], "label": [0, 1, 0, 1]})
     path = _write(tmp_path, "csv", train)
-    cfg = DataConfig(path=path, max_length=64)
+    cfg = DataSection(path=path, max_length=64)
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING):
         raw = load_splits(cfg)

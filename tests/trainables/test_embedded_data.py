@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.config import EMBEDDED_DATA, DataConfig, TrialConfig, resolve_data_path
+from trainables.config import EMBEDDED_DATA, DataSection, TrialConfig, resolve_data_path
 from trainables.data import load_splits, tokenize_cached
 
 
@@ -27,7 +27,7 @@ def test_default_path_is_embedded_unless_env_says_otherwise(env, expected, monke
         monkeypatch.delenv("LORA_STUDY_DATA", raising=False)
     else:
         monkeypatch.setenv("LORA_STUDY_DATA", env)
-    assert DataConfig().path == expected
+    assert DataSection().path == expected
     assert TrialConfig.from_dict({"data.path": "x.csv"}).data.path == "x.csv"  # --set data.path= wins
 
 
@@ -40,8 +40,8 @@ def test_embedded_resolves_inside_the_package():
 
 
 def test_embedded_equals_the_shared_tsvs(sst2):
-    emb = load_splits(DataConfig(path=EMBEDDED_DATA))
-    tsv = load_splits(DataConfig(path=str(sst2)))
+    emb = load_splits(DataSection(path=EMBEDDED_DATA))
+    tsv = load_splits(DataSection(path=str(sst2)))
     assert (len(emb.train_texts), len(emb.dev_texts)) == (len(tsv.train_texts), len(tsv.dev_texts)) == (67349, 872)
     assert emb.label_names == tsv.label_names == ["0", "1"]
     assert np.bincount(emb.train_labels).tolist() == np.bincount(tsv.train_labels).tolist() == [29780, 37569]
@@ -67,7 +67,7 @@ class _CountingTokenizer:
 def test_token_cache_is_shared_with_the_tsvs(sst2, tmp_path):
     """The cache key hashes texts, not paths: the embedded dev split hits the TSV's cache entry."""
     tok = _CountingTokenizer()
-    first = tokenize_cached(load_splits(DataConfig(path=str(sst2))).dev_texts, tok, 64, str(tmp_path))
-    again = tokenize_cached(load_splits(DataConfig(path=EMBEDDED_DATA)).dev_texts, tok, 64, str(tmp_path))
+    first = tokenize_cached(load_splits(DataSection(path=str(sst2))).dev_texts, tok, 64, str(tmp_path))
+    again = tokenize_cached(load_splits(DataSection(path=EMBEDDED_DATA)).dev_texts, tok, 64, str(tmp_path))
     assert _CountingTokenizer.calls == 1 and len(list((tmp_path / "tokens").iterdir())) == 1
     assert [a.tolist() for a in first] == [b.tolist() for b in again]

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainables import lora
+from trainables import loop
 from trainables.config import TrialConfig
 from trainables.data import collate, padded_width, prepare_data
-from trainables.lora import TrainState, build_optimizer, make_plan, pad_multiple, predict_logits, run_trial, train_steps
+from trainables.loop import TrainState, build_optimizer, make_plan, pad_multiple, predict_logits, run_trial, train_steps
 from trainables.model import build_model, load_tokenizer
 
 #: aten ops that copy a value from a tensor into Python: on CUDA each one waits for the GPU.
@@ -131,19 +131,19 @@ def test_training_steps_read_nothing_back_from_the_device(tiny_bert, sst2_small)
 
 def test_next_batch_is_made_before_the_current_one_is_used():
     log = []
-    for item, loaded in lora._one_ahead(iter([1, 2, 3]), lambda x: log.append(("load", x)) or 10 * x):
+    for item, loaded in loop._one_ahead(iter([1, 2, 3]), lambda x: log.append(("load", x)) or 10 * x):
         assert loaded == 10 * item
         log.append(("use", item))
     assert log == [("load", 1), ("load", 2), ("use", 1), ("load", 3), ("use", 2), ("use", 3)]
-    assert list(lora._one_ahead(iter([]), lambda x: x)) == []
+    assert list(loop._one_ahead(iter([]), lambda x: x)) == []
 
 
 def test_compile_trains_through_the_wrapper_and_checkpoints_the_model(tiny_bert, sst2_small, monkeypatch):
     """``train.compile`` plumbing, traced by dynamo with the eager backend (Inductor's compile time
     and CUDA graphs are for the GPU check): same losses, and checkpoints hold the plain model's keys."""
-    from trainables.lora import load_checkpoint
+    from trainables.loop import load_checkpoint
 
-    monkeypatch.setattr(lora, "COMPILE_OPTIONS", {"backend": "eager"})
+    monkeypatch.setattr(loop, "COMPILE_OPTIONS", {"backend": "eager"})
     over = {"lora.dropout": 0.0, "model.dropout": 0.0, "data.size": 48}
     plain = run_trial(tiny_cfg(tiny_bert, sst2_small, **over))[-1]
     ckpts = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainables.config import TrialConfig
-from trainables.lora import load_checkpoint, main, run_trial
+from trainables.loop import load_checkpoint, main, run_trial
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"accuracy", "f1", "eval_loss", "train_loss", "samples_seen", "epoch", "trainable_params", "samples_per_s",
@@ -113,10 +113,10 @@ def test_real_minilm_learns_from_200_sentences(sst2):
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trainables.lora", "--set", "lora.r=0"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "trainables.loop", "--set", "lora.r=0"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: invalid config: lora.r") and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "trainables.lora", "--set", f"data.path={tmp_path}/none"],
+    proc = subprocess.run([sys.executable, "-m", "trainables.loop", "--set", f"data.path={tmp_path}/none"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "data not found" in proc.stderr and "Traceback" not in proc.stderr

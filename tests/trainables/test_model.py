@@ -3,7 +3,7 @@ import pytest
 from trainables.config import ConfigError, LoraSection
 from trainables.model import build_model
 
-H, L, I = 32, 2, 64  # tiny_bert: hidden, layers, intermediate
+H, L, INTER = 32, 2, 64  # tiny_bert: hidden, layers, intermediate
 
 
 def lora_params(shapes, r):
@@ -15,7 +15,7 @@ CASES = [
     ("qv", [(H, H)] * 2),
     ("qkv", [(H, H)] * 3),
     ("attn", [(H, H)] * 4),
-    ("all", [(H, H)] * 4 + [(H, I), (I, H)]),
+    ("all", [(H, H)] * 4 + [(H, INTER), (INTER, H)]),
 ]
 
 

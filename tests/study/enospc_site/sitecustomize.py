@@ -1,9 +1,9 @@
 """Test-only fault injection for subprocess studies (``tests/study/test_resume_faults.py``).
 
 Put this directory first on ``PYTHONPATH`` and set ``LORA_STUDY_TEST_ENOSPC_FLAG`` to a file
-path: while that file exists, every write to study storage through ``study.atomic_fs`` (in the
+path: while that file exists, every write to study storage through ``study.storage.atomic_fs`` (in the
 driver and in Ray's workers, which inherit the environment) writes part of its buffer and then
-fails with ENOSPC, as on a full disk. The patch is applied when ``study.atomic_fs`` is first
+fails with ENOSPC, as on a full disk. The patch is applied when ``study.storage.atomic_fs`` is first
 imported, so Ray's own helper processes never import the study code because of it.
 """
 
@@ -26,7 +26,7 @@ def _write(fd, buf):
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name, path=None, target=None):
-        if name != "study.atomic_fs":
+        if name != "study.storage.atomic_fs":
             return None
         sys.meta_path.remove(self)
         try:

@@ -7,7 +7,7 @@ Three kinds of directory load:
 
 - an export (``study.export --out DIR``): PEFT adapter + tokenizer + ``lora_study.json``;
 - its ``merged/`` model (plain transformers; a mean-pooling one is transformers remote code);
-- a trainable's checkpoint (``trainables.lora --out OUT`` writes ``OUT/last``): adapter +
+- a trainable's checkpoint (``trainables.loop --out OUT`` writes ``OUT/last``): adapter +
   ``lora_study.json`` without a tokenizer, which then comes from the base model.
 
 Heavy libraries (torch, transformers, PEFT) are imported when a model is loaded, not on import:
@@ -46,7 +46,7 @@ class Classifier:
         import torch
 
         from trainables.data import TokenizedSplit
-        from trainables.lora import predict_logits
+        from trainables.loop import predict_logits
 
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         split = TokenizedSplit([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], np.zeros(len(texts), dtype=np.int64))
@@ -68,7 +68,7 @@ class Classifier:
 
 def model_dir(directory: str | Path) -> Path:
     """The directory to load: ``directory`` itself, or ``directory/last`` for the ``--out`` of
-    ``python -m trainables.lora`` (which keeps its latest checkpoint there)."""
+    ``python -m trainables.loop`` (which keeps its latest checkpoint there)."""
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise ConfigError(f"--model {d}: no such directory")

@@ -5,7 +5,7 @@ Why: a 3-trial study used to print MLflow's database migrations, its model-loggi
 Ray's start-up messages, "Checkpoint successfully created" once per evaluation, a tqdm download
 bar and Optuna's "A new study created in memory" on stderr — 43 lines in which a real problem
 would not be seen. They are kept, in the log file, for when something does go wrong. The progress
-itself is ``study.progress``. Imports nothing heavy: ``main()`` sets the console up before it
+itself is ``study.console.progress``. Imports nothing heavy: ``main()`` sets the console up before it
 parses arguments.
 """
 
@@ -44,7 +44,7 @@ class _NotAfterDiskFull(logging.Filter):
                     "Could not finish MLflow parent run", "Could not write the Optuna journal")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from .atomic_fs import disk_full_events
+        from ..storage.atomic_fs import disk_full_events
 
         if not disk_full_events():
             return True

@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow.fs
 from ray.tune import Callback
 
-__all__ = ["AtomicLocalFS", "DiskFullError", "DiskFullWatch", "disk_full_events"]
+__all__ = ["AtomicLocalFS", "DiskFullError", "DiskFullWatch", "disk_full_events", "is_enospc"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class DiskFullError(OSError):
 
 
 def _disk_full(path: str) -> DiskFullError:
-    from .store import disk_full_message
+    from .studies import disk_full_message
 
     err = DiskFullError(disk_full_message(path))
     with _events_lock:
@@ -128,7 +128,7 @@ class AtomicLocalFS(pyarrow.fs.FileSystemHandler):
             os.replace(tmp, dest)
         except OSError as e:
             _unlink(tmp)
-            if _is_enospc(e):
+            if is_enospc(e):
                 raise _disk_full(dest) from None
             raise
 
@@ -164,7 +164,7 @@ def _unlink(path: str) -> None:
 _write = os.write
 
 
-def _is_enospc(e: BaseException) -> bool:
+def is_enospc(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -181,7 +181,7 @@ class _RenameOnClose(io.FileIO):
         try:
             super().__init__(self._tmp, "wb")
         except OSError as e:
-            if _is_enospc(e):
+            if is_enospc(e):
                 raise _disk_full(path) from None
             raise
 
@@ -198,7 +198,7 @@ class _RenameOnClose(io.FileIO):
                 done += n
         except OSError as e:
             self._abort()
-            if _is_enospc(e):
+            if is_enospc(e):
                 raise _disk_full(self._final) from None
             raise
         return done
@@ -296,7 +296,7 @@ def _drop_disk_full_tracebacks(record: logging.LogRecord) -> bool:
         return False
     exc = record.exc_info[1] if record.exc_info else None
     while exc is not None:
-        if isinstance(exc, DiskFullError) or _is_enospc(exc) or _disk_full_line(str(exc)):
+        if isinstance(exc, DiskFullError) or is_enospc(exc) or _disk_full_line(str(exc)):
             return False
         exc = exc.__cause__ or exc.__context__
     return True

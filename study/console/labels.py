@@ -1,7 +1,7 @@
 """How people see a trial: its id and searched values, short — ``abe404f9 r=4 a=4 lr=4.0e-3 qv n=2000``.
 
-One naming for the console's progress view (``study.progress``), the MLflow run names
-(``study.tracking``) and the report's hover titles (``dashboards``), so a trial seen in one of
+One naming for the console's progress view (``study.console.progress``), the MLflow run names
+(``study.tracking.runs``) and the report's hover titles (``dashboards``), so a trial seen in one of
 them is found in the others. Ray's own trial names (``train_abe404f9``) and its experiment tags
 (``5_data_cache_dir=None,data_dev_fraction=0.1000,…``) never reach the searched values.
 """

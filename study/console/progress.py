@@ -8,7 +8,7 @@ values), each evaluation (samples seen, the study metric, its state: running, co
 pruned), a failure — with the best result so far on every evaluation line. The runner turns
 Ray's reporter off (``RunConfig(verbose=0)``).
 
-Trials are called by ``study.labels`` names, as in MLflow and the report:
+Trials are called by ``study.console.labels`` names, as in MLflow and the report:
 ``abe404f9 r=4 a=4 lr=4.0e-3 qv n=2000``.
 """
 

@@ -28,9 +28,9 @@ def trial_state(status: str, last: dict[str, Any]) -> str:
 def trial_rows(experiment_path: str, metric: str = "accuracy", mode: str = "max", searched: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per trial from Ray's stored experiment: params, state, best and last metrics,
     the history of evaluations, and the best checkpoint's path. Read with
-    ``study.store.read_trials`` (plain JSON, nothing unpickled): export and the dashboards use this
+    ``study.storage.trials.read_trials`` (plain JSON, nothing unpickled): export and the dashboards use this
     on study directories they must not trust with code."""
-    from .store import read_trials, trial_fs
+    from ..storage.trials import read_trials, trial_fs
 
     rows = []
     for trial in read_trials(experiment_path):
@@ -79,9 +79,9 @@ def _best_of(items: list[Any], score: Any, mode: str, tiebreak: Any) -> Any:
 
 def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[str, Any]:
     """Everything a person (or export, or the dashboards) wants to know about a study."""
-    from .config import StudyConfig
+    from ..config import StudyConfig
 
-    cfg = StudyConfig.model_validate(record["config"])
+    cfg = StudyConfig.from_record(record, paths.study_json)
     metric, mode = cfg.study.metric, cfg.study.mode
     rows = trial_rows(paths.experiment, metric, mode, sorted(cfg.search))
     counts = {s: sum(r["state"] == s for r in rows) for s in ("completed", "pruned", "failed", "unfinished")}

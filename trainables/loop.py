@@ -5,7 +5,7 @@ Entry points:
   ``ray.tune.report`` with an adapter-only checkpoint; when Tune restores the trial it resumes
   from ``ray.tune.get_checkpoint()`` exactly where it stopped (same data order, same RNG).
 - ``run_trial(cfg, report=…)``: the same loop as a plain function (tests, benchmarks).
-- ``python -m trainables.lora --config FILE [--set key=value …] [--out DIR] [--resume-from DIR]``.
+- ``python -m trainables.loop --config FILE [--set key=value …] [--out DIR] [--resume-from DIR]``.
 
 Speed on CPU comes from two choices, both measured in ``benchmarks/trainable_speed.py``:
 length-bucketed batches (``data.make_batches``: little padding) and ``FastDropout``

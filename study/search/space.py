@@ -9,13 +9,14 @@ what MLflow shows as params.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainables.config import TrialConfig
+from trainables.config import ALL_SIZES, DataSection
 
-from .config import Distribution, StudyConfig
+if TYPE_CHECKING:
+    from ..config import Distribution, StudyConfig
 
-__all__ = ["SEED_RECIPES", "param_space", "seed_points", "in_space", "max_samples", "describe"]
+__all__ = ["SEED_RECIPES", "param_space", "seed_points", "in_space", "max_samples", "asha_rungs", "describe"]
 
 #: The two hand-picked recipes lora-study starts from (see ``../shared/seeds``):
 #: notebook 000 (r=4, alpha=16, lr=1e-4, query+value) and notebook 002 (PEFT r=8, alpha=16,
@@ -40,7 +41,7 @@ def _to_tune(dist: Distribution):
 
 
 def _same(a: Any, b: Any) -> bool:
-    norm = lambda x: None if isinstance(x, str) and x.lower() in ("all", "none", "full") else x  # noqa: E731
+    norm = lambda x: None if isinstance(x, str) and x.lower() in ALL_SIZES else x  # noqa: E731
     return norm(a) == norm(b)
 
 
@@ -56,7 +57,7 @@ def in_space(dist: Distribution, value: Any) -> bool:
 
 def param_space(cfg: StudyConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fixed flat trial config with the searched keys replaced by Tune distributions."""
-    space: dict[str, Any] = cfg.base_trial().to_flat()
+    space: dict[str, Any] = cfg.trial.to_flat()
     space.update(extra or {})
     for key, dist in cfg.search.items():
         space[key] = _to_tune(dist)
@@ -67,7 +68,7 @@ def seed_points(cfg: StudyConfig) -> list[dict[str, Any]]:
     """The seed recipes as complete points over the searched keys (alpha turned into a multiple of
     r when the study searches ``lora.alpha_multiple``). Keys a seed does not fix take the study's
     fixed value when it lies in the space, else ``_default``."""
-    base = cfg.base_trial().to_flat()
+    base = cfg.trial.to_flat()
     points = []
     for recipe in SEED_RECIPES:
         values = {**base, **recipe}
@@ -104,15 +105,23 @@ def max_samples(cfg: StudyConfig, n_train: int) -> int:
         if key in cfg.search:
             d = cfg.search[key]
             return list(d.choice) if d.kind == "choice" else [getattr(d, d.kind)[1]]
-        return [cfg.base_trial().to_flat()[key]]
+        return [cfg.trial.to_flat()[key]]
 
     best = 0
     for size in options("data.size"):
-        n = TrialConfig.from_dict({"data.size": size}).data.size
-        count = n_train if n is None else (round(n * n_train) if isinstance(n, float) else min(n, n_train))
+        count = min(DataSection.model_validate({"size": size}).count(n_train), n_train)
         for epochs in options("train.epochs"):
             best = max(best, math.ceil(count * float(epochs)))
     return max(best, 1)
+
+
+def asha_rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The rung milestones of Ray's ``AsyncHyperBandScheduler`` (one bracket): ``grace × rf^k`` for
+    ``k < int(log(max_t / grace) / log(rf) + 1)``, with ``grace`` capped at ``max_t`` as the study
+    caps it. ``max_t`` itself is a rung only when it lies on that ladder; it is where every trial stops."""
+    grace = min(grace_period, max_t)
+    n = int(math.log(max_t / grace) / math.log(reduction_factor) + 1)
+    return [int(grace * reduction_factor**k) for k in range(n)]
 
 
 def describe(cfg: StudyConfig) -> str:

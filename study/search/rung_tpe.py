@@ -5,7 +5,7 @@ proposes what is likely under the good one. Behind ASHA (Li et al. 2020) most tr
 so what the model is fitted on decides what it learns:
 * stock Ray ``OptunaSearch`` tells Optuna that a trial ASHA stopped after 500 samples COMPLETED with
   its accuracy at 500 samples, and compares it with trials that trained on 8,000;
-* Optuna's PRUNED state (``study.searcher.PrunedFeedbackOptunaSearch``) ranks every pruned trial
+* Optuna's PRUNED state (``study.search.tpe.PrunedFeedbackOptunaSearch``) ranks every pruned trial
   below every completed one — but with the data size searched, *completed* means "small": a
   1,000-sample trial completes at the first rungs while an 8,000-sample trial is still running, so
   small sizes look best exactly when the model matters most.

@@ -1,0 +1,7 @@
+"""What a study leaves on disk, and how it survives faults.
+
+``studies``: names, directories, ``study.json``, the lock a running driver holds; ``trials``: Ray's
+stored results read as plain JSON (nothing unpickled); ``atomic_fs``: Ray's storage with atomic
+writes and a clean stop on a full disk; ``repair``: every trial resumes from a checkpoint that
+exists and reads back whole.
+"""

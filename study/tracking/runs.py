@@ -1,0 +1,224 @@
+"""The study's MLflow runs: one experiment per study, a parent run, one child run per trial.
+
+Layout: the parent run carries the study's fixed config, its search space as ``search.<key>``
+and, at the end, the best trial's values as ``best.<key>``; each trial's child run (tags
+``mlflow.parentRunId``, ``ray_trial_id``, ``lora_study.role=trial``, ``lora_study.state``) carries
+its config and the project's metrics as step series at ``step = samples_seen``, the ASHA
+fidelity, so curves of trials with different batch sizes line up.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from numbers import Number
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from trainables.config import flatten
+
+from ..console.labels import short_values, trial_label
+from .server import client as _client
+
+__all__ = [
+    "flatten_params", "study_params", "start_parent_run", "finish_parent_run", "describe_best", "trial_run_id",
+    "log_params_and_tags", "quote", "STUDY_TAG", "ROLE_TAG", "STATE_TAG", "TRIAL_ID_TAG", "PARENT_TAG", "GIT_TAG",
+]
+
+logger = logging.getLogger(__name__)
+
+STUDY_TAG = "lora_study.study"
+ROLE_TAG = "lora_study.role"
+STATE_TAG = "lora_study.state"
+TRIAL_ID_TAG = "ray_trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+GIT_TAG = "mlflow.source.git.commit"
+
+_MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_MAX_TAG_LEN = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+_BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH; metrics allow 1000
+
+
+def flatten_params(config: dict) -> dict[str, str]:
+    """Nested dict -> ``{"a.b": "value"}`` with values cut to MLflow's 6000 chars; unset
+    (``None``) keys are left out (a column of ``None`` says nothing)."""
+    return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(config).items() if v is not None}
+
+
+def _dist_text(dist: Any) -> str:
+    v = getattr(dist, dist.kind)
+    return f"{dist.kind} {list(v)}"
+
+
+def study_params(cfg: Any) -> dict[str, str]:
+    """The parent run's params for a ``StudyConfig``: every trial's fixed config (defaults
+    included, unset keys left out), the search space as ``search.<key>`` (``choice [4, 8, 16]``)
+    *instead of* the base values it overrides (``lora.alpha`` too when ``lora.alpha_multiple`` is
+    searched: the multiple replaces it), and the study's own sections (``study.*``,
+    ``asha.*``, ``optuna.*``, ``resources.*``, ``storage.*``, ``mlflow.*``)."""
+    overridden = set(cfg.search) | ({"lora.alpha"} if "lora.alpha_multiple" in cfg.search else set())
+    fixed = {k: v for k, v in cfg.trial.to_flat().items() if k not in overridden}
+    sections = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("model", "data", "lora", "train", "search")}
+    params = flatten_params({**fixed, **flatten(sections)})
+    params.update({f"search.{k}": _dist_text(d)[:_MAX_PARAM_LEN] for k, d in sorted(cfg.search.items())})
+    return params
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def quote(value: str) -> str:
+    """Quote a value for an MLflow filter string."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def log_params_and_tags(
+    client: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, Any]
+) -> None:
+    params_l = [Param(k, v) for k, v in params.items()]
+    tags_l = [RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()]
+    for i in range(0, max(len(params_l), len(tags_l)), _BATCH):
+        client.log_batch(run_id, params=params_l[i : i + _BATCH], tags=tags_l[i : i + _BATCH])
+
+
+def start_parent_run(
+    tracking_uri: str,
+    experiment_name: str,
+    study_name: str,
+    params: dict,
+    tags: dict | None = None,
+    resume: bool = False,
+    artifact_location: str | None = None,
+) -> str:
+    """Create (or, with ``resume=True``, find and reopen) the study's parent run.
+
+    One MLflow experiment per study; the parent run carries the flattened
+    study config as params and ``tags`` plus the git commit.  On resume the
+    newest parent run tagged with this study name is set RUNNING again and its
+    params are left alone (MLflow params are immutable).  Raises if MLflow is
+    unreachable: better to fail before spending compute than to run a study
+    that cannot be attributed.  For ``sqlite:///`` URIs artifacts default to
+    ``mlartifacts/`` next to the database instead of ``./mlruns`` in the CWD.
+    """
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        if artifact_location is None and tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri[len("sqlite:///") :])
+            artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
+        experiment_id = client.create_experiment(experiment_name, artifact_location)
+
+    run_tags = {**(tags or {}), STUDY_TAG: study_name, ROLE_TAG: "parent"}
+    commit = _git_commit()
+    if commit:
+        run_tags.setdefault(GIT_TAG, commit)
+
+    if resume:
+        found = client.search_runs(
+            [experiment_id],
+            f"tags.`{STUDY_TAG}` = {quote(study_name)} and tags.`{ROLE_TAG}` = 'parent'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            log_params_and_tags(client, run_id, {}, {**run_tags, STATE_TAG: "running"})
+            return run_id
+        logger.warning("No parent run for study %r to resume; creating one.", study_name)
+
+    run = client.create_run(experiment_id, run_name=study_name, tags=run_tags)
+    run_id = run.info.run_id
+    log_params_and_tags(client, run_id, flatten_params(params), {STATE_TAG: "running"})
+    return run_id
+
+
+def finish_parent_run(
+    tracking_uri: str,
+    run_id: str,
+    status: str = "FINISHED",
+    summary: dict | None = None,
+    timeout_s: float = 60.0,
+) -> bool:
+    """Close the parent run with ``status`` and a ``summary`` (numbers -> metrics, rest -> tags).
+
+    Retries for up to ``timeout_s``; returns False (and logs an error) instead
+    of raising if MLflow stays unreachable, so a finished study never fails on
+    its last bookkeeping step.
+    """
+    now = int(time.time() * 1000)
+    metrics, tags = [], {STATE_TAG: status.lower()}
+    for key, value in flatten(summary or {}).items():
+        if isinstance(value, Number) and not isinstance(value, bool):
+            metrics.append(Metric(f"summary.{key}", float(value), now, 0))
+        else:
+            tags[f"lora_study.summary.{key}"] = value
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client = _client(tracking_uri)
+            for i in range(0, len(metrics), 1000):
+                client.log_batch(run_id, metrics=metrics[i : i + 1000])
+            log_params_and_tags(client, run_id, {}, tags)
+            client.set_terminated(run_id, status=status)
+            return True
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                logger.error("Could not finish MLflow parent run %s: %s", run_id, (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+                return False
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+
+
+def trial_run_id(tracking_uri: str, parent_run_id: str, trial_id: str) -> str | None:
+    """The MLflow run of Ray trial ``trial_id`` under the study's parent run (``None``: none)."""
+    client = _client(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{PARENT_TAG}` = {quote(parent_run_id)} and tags.`{TRIAL_ID_TAG}` = {quote(trial_id)}",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def describe_best(tracking_uri: str, parent_run_id: str, best: dict[str, Any], searched: Iterable[str],
+                  metric: str = "accuracy") -> str | None:
+    """Put the best trial on the study's parent run: its searched values as params
+    ``best.<key>``, tags ``lora_study.best_trial`` / ``lora_study.best_run_id``, and a description
+    (``mlflow.note.content``, shown on the run page) naming it with a link to its run. Returns the
+    best trial's run id (``None`` if it has no run)."""
+    client = _client(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run_id = trial_run_id(tracking_uri, parent_run_id, best["trial_id"])
+    values = best.get("params") or {}
+    label = trial_label(best["trial_id"], values, searched)
+    where = f"[{label}](#/experiments/{experiment_id}/runs/{run_id})" if run_id else label
+    score = best.get(metric)
+    note = (f"**Best trial**: {where} — {metric} {score:.4f}" if isinstance(score, Number) else f"**Best trial**: {where}")
+    if best.get("samples_seen") is not None:
+        note += f" at {best['samples_seen']} samples seen ({best.get('state', '')})"
+    tags = {"lora_study.best_trial": best["trial_id"], "lora_study.best_values": short_values(values, searched),
+            "mlflow.note.content": note + "."}
+    if run_id:
+        tags["lora_study.best_run_id"] = run_id
+    log_params_and_tags(client, parent_run_id, flatten_params({f"best.{k}": v for k, v in values.items()}), tags)
+    return run_id

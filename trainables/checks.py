@@ -1,0 +1,50 @@
+"""Check, before any cluster work, that every trial a study may run can start.
+
+Why: a mistyped column, a target module the model lacks or a data size larger than the train split
+would otherwise surface minutes later, inside a Ray worker, once per trial. Here the data is loaded
+once (columns, labels, sizes) and the model is built on the meta device (no weights read), so the
+checks take seconds, and each failure is one ``ConfigError`` line naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from .config import ConfigError, TrialConfig
+
+__all__ = ["preflight"]
+
+
+def preflight(trial: TrialConfig, variants: Mapping[str, Sequence[Any]] | None = None) -> int:
+    """Check ``trial`` and, for the keys a study varies (``variants``: dotted key → the values it
+    can take, e.g. a search space's choices or bounds), each value of ``data.size``,
+    ``lora.target_modules`` and ``model.pooling``. The data and the model path come first: they fail
+    without importing torch. Returns the number of examples in the train split."""
+    from .data import load_splits
+    from .model import apply_pooling, check_model_name, check_modules_to_save, check_target_modules
+
+    variants = variants or {}
+    raw = load_splits(trial.data)
+    n_train = len(raw.train_texts)
+    for size in variants.get("data.size", [trial.data.size]):
+        n = type(trial.data).model_validate({**trial.data.model_dump(), "size": size}).count(n_train)
+        if n > n_train:
+            where = "search.data.size" if "data.size" in variants else "data.size"
+            raise ConfigError(f"{where}: {n} is larger than the train split ({n_train} examples in {raw.source})")
+    model_path = check_model_name(trial.model.name)
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        mcfg = AutoConfig.from_pretrained(model_path, num_labels=len(raw.label_names))
+    except OSError as e:
+        raise ConfigError(f"model.name={trial.model.name!r}: cannot load ({str(e).splitlines()[0]})") from None
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(mcfg)
+    for targets in variants.get("lora.target_modules", [trial.lora.target_modules]):
+        lora = type(trial.lora).model_validate({**trial.lora.model_dump(), "target_modules": targets})
+        check_target_modules(model, lora.module_list())
+    check_modules_to_save(model, trial.lora.modules_to_save)
+    for pooling in variants.get("model.pooling", [trial.model.pooling]):
+        apply_pooling(model, pooling, trial.model.name, trial.lora.modules_to_save)
+    return n_train

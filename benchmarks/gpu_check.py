@@ -1,48 +1,60 @@
-"""One command that checks the trainable on a GPU and writes one JSON (issue #17).
+"""One command that measures how the trainable uses a GPU and writes the results as one JSON.
 
-GPU machines are lent to some sessions only, for minutes, and a call carries at most 64 MiB of
-files to a bare image (torch, transformers, peft, but no ray, pydantic, datasets, optuna, mlflow,
-and no network). So the check comes in two steps:
+Run it on the GPU machine, from the repository root. Where lora-study is installed (a CUDA build of
+torch: ``TORCH_INDEX=https://download.pytorch.org/whl/cu126 TORCH_SPEC=torch bash .ci/setup.sh``)::
 
-1. Here, with the project's ``.venv`` and a package registry: build the carry folder (~62 MiB)::
+    LORA_STUDY_DATA=trainables/datasets/sst2 .venv/bin/python -m benchmarks.gpu_check --mps --out gpu_check.json
 
-       .venv/bin/python -m benchmarks.gpu_check --prepare            # → .gpucheck/ (git-ignored)
+SST-2 comes from ``$LORA_STUDY_DATA`` (else ``../shared/data/sst2``), the model is the installed
+embedded MiniLM, and the packages are the installed ones.
 
-   It holds the embedded MiniLM as fp16, xz-compressed (41 MB instead of 91 MB; turned back into
-   fp32 on the device, so the GPU trains the same weights up to fp16 rounding), its tokenizer,
-   SST-2, and ``site.tar.xz``: the packages the image lacks (pydantic, jsonschema) and a stripped
-   Ray (see ``strip_ray``: no Java jars, dashboard web client, RLlib, Serve or LLM code, binaries
-   without symbol tables), as one solid xz archive: Ray's three native binaries share most of
-   their code, which a 128 MiB dictionary finds (sizes in ``.gpucheck/manifest.json``).
+A GPU machine that has only torch, transformers and PEFT, and no network, can run it too. First,
+on a machine with the project's ``.venv`` and access to a package index, build a self-contained
+folder (about 60 MiB; sizes in ``.gpucheck/manifest.json``)::
 
-2. On the GPU machine, in one call (``run`` with ``carry: [".gpucheck"]``)::
+    .venv/bin/python -m benchmarks.gpu_check --prepare --data DIR      # → .gpucheck/ (git-ignored)
 
-       python3 -m benchmarks.gpu_check --mps --out $OUT/gpu_check.json     # timeout_s 600
+It holds the embedded MiniLM as fp16, xz-compressed (41 MB instead of 91 MB; turned back into
+fp32 on the GPU machine, so the GPU trains the same weights up to fp16 rounding), its tokenizer,
+SST-2 (GLUE's ``train.tsv``/``dev.tsv`` from ``--data``), and ``site.tar.xz``: the packages such a
+machine lacks (pydantic, jsonschema) and a stripped Ray for its Python (``--python-version``; see
+``strip_ray``: no Java jars, dashboard web client, RLlib, Serve or LLM code, binaries without
+symbol tables), as one solid xz archive: Ray's three native binaries share most of their code,
+which a 128 MiB dictionary finds. Copy the checkout with ``.gpucheck/`` to the GPU machine and
+run there::
+
+    python3 -m benchmarks.gpu_check --mps --out gpu_check.json
+
+Whatever ``--carry`` (default ``.gpucheck``) holds is used; what it lacks comes from the
+installed packages and data.
 
 Sections, each timed, each failing on its own (``status``: ok / failed / timeout / skipped, with
 the error), in this order, within ``--budget-s`` (default 450 s: no section starts later, and
 each has a cap, so the whole run stays under 8 minutes):
 
-- ``environment``: GPU, driver, CUDA, package versions, what the carry folder supplied.
+- ``environment``: GPU, driver, CUDA, package versions, where the packages and the model came from.
 - ``correctness``: the seed-002 recipe on 4,000 SST-2 sentences, seeds 0–2, on CUDA (bf16) and on
   the machine's CPU (fp32), run side by side: dev accuracy and loss curves, and whether the CUDA
   mean is within ``--tolerance`` points of the CPU mean (872 dev sentences put ±1.1 points of
   noise on each run; seeds move it about as much).
-- ``speed_minilm`` / ``speed_bert_base``: ``benchmarks/trainable_speed.py --device cuda`` (ours vs
-  the HF Trainer in bf16, random and length-grouped batches) for the MiniLM shape (8,000
-  samples) and a bert-base shape (random weights from ``BertConfig()``, 4,000 samples).
+- ``speed_minilm`` / ``speed_bert_base``: ``benchmarks/trainable_speed.py --device cuda`` (the
+  trainable vs the HF Trainer in bf16, random and length-grouped batches) for the MiniLM shape
+  (8,000 samples) and a bert-base shape (random weights from ``BertConfig()``, 4,000 samples).
 - ``many_trials``: 1, 4 and 8 trial processes sharing the GPU (4,000 samples and 2 CPU threads
   each, warmed up, then started together behind a barrier): samples/s of all together over their
   common training window, and with ``--mps`` the 4-process run again under CUDA MPS (a daemon of
   its own in a temp directory, stopped afterwards; nothing of the GPU's settings changes).
 - ``ray_study``: a Ray Tune run of ``trainables.loop.train`` with ``{"gpu": 0.25}`` per trial, 4
   trials under ASHA: did they share the GPU at once, their accuracy and throughput.
-- ``compile``: ours with ``train.compile=true`` (``torch.compile(mode="reduce-overhead")``), its
-  first 50 steps (compilation) untimed: the lever for the one-trial goal, measured last because
-  it is the slowest and the least certain.
+- ``compile``: the trainable with ``train.compile=true`` (``torch.compile(mode="reduce-overhead")``),
+  its first 50 steps (compilation) untimed, measured last because it is the slowest and the least
+  certain.
 
-``--device cpu --quick`` runs the same plumbing end to end on a tiny model in about a minute
-(``tests/benchmarks/test_gpu_check.py``). ``--only`` / ``--skip`` pick sections for a rerun.
+The JSON is rewritten after every section, so a run cut short keeps what it measured; its
+``goals`` set the results against the targets (6,000 samples/s for one MiniLM trial, 3,000 for
+bert-base, four trials at 4x one trial's throughput, the same learning curve as on CPU).
+``--device cpu --quick`` runs the same plumbing end to end on a tiny model in about a minute.
+``--only`` / ``--skip`` pick sections for a rerun.
 """
 
 from __future__ import annotations
@@ -610,7 +622,7 @@ CAPS_S = {"environment": 120, "correctness": 150, "speed_minilm": 150, "speed_be
 
 
 def goals(sections: dict[str, Any]) -> dict[str, Any]:
-    """The issue's goals next to what this run measured (None where a section did not run)."""
+    """The GPU goals next to what this run measured (None where a section did not run)."""
     def result(name: str) -> dict[str, Any]:
         s = sections.get(name, {})
         return s.get("result") or {} if s.get("status") == "ok" else {}
@@ -693,19 +705,19 @@ def summary(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="where the JSON goes (required unless --prepare)")
-    ap.add_argument("--carry", type=Path, default=CARRY, help="the carry folder (default .gpucheck)")
+    ap.add_argument("--carry", type=Path, default=CARRY, help="folder built by --prepare with the model, data and packages; used when present (default .gpucheck)")
     ap.add_argument("--work", type=Path, default=WORK, help=f"scratch directory (default {WORK})")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    ap.add_argument("--quick", action="store_true", help="tiny model and sizes: the plumbing only (CPU tests)")
+    ap.add_argument("--quick", action="store_true", help="tiny model and sizes: checks the plumbing only, e.g. with --device cpu")
     ap.add_argument("--budget-s", type=float, default=450.0, help="start no section past this many seconds (default 450)")
     ap.add_argument("--only", default="", help=f"comma-separated sections to run ({','.join(SECTIONS)})")
     ap.add_argument("--skip", default="", help="comma-separated sections to leave out")
     ap.add_argument("--mps", action="store_true", help="many_trials also under a CUDA MPS daemon of its own")
     ap.add_argument("--tolerance", type=float, default=2.5, help="correctness: |CUDA − CPU| mean dev accuracy, points (default 2.5)")
-    ap.add_argument("--prepare", action="store_true", help="build the carry folder here (needs the .venv and a registry)")
-    ap.add_argument("--python-version", default="3.12", help="--prepare: the GPU image's Python (default 3.12)")
+    ap.add_argument("--prepare", action="store_true", help="build the --carry folder on this machine, for a GPU machine without the dependencies or network (needs the project's .venv and a package index)")
+    ap.add_argument("--python-version", default="3.12", help="--prepare: the GPU machine's Python version (default 3.12)")
     ap.add_argument("--no-site", action="store_true", help="--prepare: without site.tar.xz (no Ray, no pydantic)")
-    ap.add_argument("--data", default=None, help="--prepare: SST-2 directory (default $LORA_STUDY_DATA or ../shared/data/sst2)")
+    ap.add_argument("--data", default=None, help="--prepare: directory with GLUE SST-2 train.tsv and dev.tsv (default $LORA_STUDY_DATA or ../shared/data/sst2)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

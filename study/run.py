@@ -39,9 +39,14 @@ log = logging.getLogger("study.run")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .search.registry import DEFAULT_SEARCHER, SEARCHERS
+
+    searchers = "\n".join(f"  {n}{' (default)' if n == DEFAULT_SEARCHER else ''}: {e.summary}" for n, e in SEARCHERS.items())
     p = argparse.ArgumentParser(
         prog="python -m study.run",
         description="Run (or resume) a LoRA hyperparameter study: Ray Tune + Optuna TPE + ASHA, tracked in MLflow.",
+        epilog=f"searchers (--set study.searcher=NAME):\n{searchers}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="study YAML (e.g. study/configs/sst2-quick.yaml); not needed with --resume")
     p.add_argument("--name", help="study name (default: the config's `name`, else file stem + timestamp)")

@@ -206,7 +206,7 @@ def record_table(out: str | Path, data_path: str | Path, n: int = 200, seed: int
             continue
         t = time.perf_counter()
         rows = [{"config": cid, "kind": kind, **point, **r} for r in record_config(cfg, point, data_path, threads)]
-        new = pd.DataFrame(rows)
+        new = _as_columns(pd.DataFrame(rows), cfg)
         frame = new if frame is None else pd.concat([frame, new], ignore_index=True)
         tmp = target.with_name(f".{target.name}.tmp")
         frame.to_parquet(tmp, index=False)
@@ -221,6 +221,15 @@ def record_table(out: str | Path, data_path: str | Path, n: int = 200, seed: int
     meta["recordings"][-1]["finished"] = now_iso()
     write_json(meta_path, meta)
     return target
+
+
+def _as_columns(frame: Any, cfg: Any) -> Any:
+    """A searched key whose choices mix numbers and words (``data.size: [1000, 8000, all]``) is
+    stored as text: a parquet column holds one type. The replay reads ``"8000"`` back as 8000."""
+    for key, dist in cfg.search.items():
+        if key in frame and dist.kind == "choice" and len({type(c) for c in dist.choice}) > 1:
+            frame[key] = frame[key].astype(str)
+    return frame
 
 
 def _shards(out: Path):

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Curve", "CurveTable", "Strategy", "SimRun", "simulate", "ListSearcher", "coordinates"]
+__all__ = ["Curve", "CurveTable", "Surrogate", "Strategy", "SimRun", "simulate", "ListSearcher", "coordinates", "norm_value"]
 
 CONTINUE, STOP, FINISHED = "CONTINUE", "STOP", "FINISHED"
 SIZE_KEY = "data.size"
@@ -63,6 +63,33 @@ class Curve:
         return self.accuracy[-1]
 
 
+def norm_value(x: Any) -> Any:
+    """One spelling per value, whatever a table or a searcher wrote: ``"all"``/``"none"``/``"full"``/
+    ``None`` → ``"all"`` (the whole split), numeric strings and integral floats → ``int``. A parquet
+    column cannot mix ints and strings, so a table records a size column holding ``all`` as strings."""
+    from trainables.config import ALL_SIZES
+
+    if x is None or (isinstance(x, str) and x.strip().lower() in ALL_SIZES):
+        return "all"
+    if isinstance(x, str):
+        try:
+            x = float(x)
+        except ValueError:
+            return x
+    if isinstance(x, float) and x.is_integer() and not isinstance(x, bool):
+        return int(x)
+    return x
+
+
+def _choice_index(choices: list[Any], x: Any) -> int:
+    nx = norm_value(x)
+    for i, c in enumerate(choices):
+        nc = norm_value(c)
+        if nc == nx or (isinstance(nc, (int, float)) and isinstance(nx, (int, float)) and math.isclose(nc, nx)):
+            return i
+    raise KeyError(f"value {x!r} is not one of the space's choices {list(choices)}")
+
+
 def coordinates(space: dict[str, Any], point: dict[str, Any]) -> np.ndarray:
     """A configuration as numbers in [0, 1] per searched key: log scale for ``loguniform``, linear
     for ``uniform``/``randint``, the position in the list for ``choice`` (the shipped spaces list
@@ -71,8 +98,7 @@ def coordinates(space: dict[str, Any], point: dict[str, Any]) -> np.ndarray:
     for key, dist in space.items():
         kind, v, x = dist.kind, getattr(dist, dist.kind), point[key]
         if kind == "choice":
-            idx = next(i for i, c in enumerate(v) if c == x or (isinstance(c, float) and isinstance(x, (int, float)) and math.isclose(c, x)))
-            out.append(idx / max(1, len(v) - 1))
+            out.append(_choice_index(v, x) / max(1, len(v) - 1))
         elif kind == "loguniform":
             out.append((math.log(x) - math.log(v[0])) / (math.log(v[1]) - math.log(v[0])))
         else:
@@ -86,15 +112,23 @@ class CurveTable:
     def __init__(self, frame: Any, space: dict[str, Any]) -> None:
         self.space = dict(space)
         self.keys = list(space)
+        missing = [k for k in self.keys if k not in frame.columns]
+        if missing:
+            raise KeyError(f"the table records no column for the searched keys {missing} (recorded on another space?)")
         self.curves: list[Curve] = []
+        self.cut_short: list[str] = []  # configurations whose recording stopped before their end
         for cid, g in frame.groupby("config", sort=True):
             g = g.sort_values("eval")
             setup = float(g["setup_cpu_s"].iloc[0]) if "setup_cpu_s" in g else 0.0
-            point = {k: _native(g[k].iloc[0]) for k in self.keys}
-            self.curves.append(Curve(
+            point = {k: norm_value(_native(g[k].iloc[0])) for k in self.keys}
+            curve = Curve(
                 str(cid), str(g["kind"].iloc[0]), point, [int(x) for x in g["samples_seen"]],
                 [float(x) for x in g["accuracy"]], [float(x) for x in g.get("dev_accuracy", g["accuracy"])],
-                [max(0.0, float(x) - setup) for x in g["cpu_s"]], int(g["samples_total"].iloc[0])))
+                [max(0.0, float(x) - setup) for x in g["cpu_s"]], int(g["samples_total"].iloc[0]))
+            if curve.samples_seen[-1] < curve.samples_total:  # a finished trial reports at its end
+                self.cut_short.append(curve.config)
+                continue
+            self.curves.append(curve)
         self.by_id = {c.config: c for c in self.curves}
         self._x = np.stack([coordinates(self.space, c.point) for c in self.curves]) if self.curves else np.zeros((0, len(self.keys)))
         self._size = np.asarray([c.point.get(SIZE_KEY) for c in self.curves], dtype=object)
@@ -115,7 +149,7 @@ class CurveTable:
         x = coordinates(self.space, point)
         d = ((self._x - x) ** 2 * self.weights).sum(1)
         if SIZE_KEY in self.space:
-            d = np.where(self._size == point[SIZE_KEY], d, np.inf)
+            d = np.where(self._size == norm_value(point[SIZE_KEY]), d, np.inf)
         if exclude is not None:
             d[exclude] = np.inf
         if not np.isfinite(d).any():
@@ -150,6 +184,97 @@ class CurveTable:
             w[free] = 1.0
         self.weights = w
         return dict(zip(self.keys, w.tolist()))
+
+
+    def mean_full_cost(self) -> float:
+        """Mean CPU seconds of a random configuration trained to its end: the budget's unit, so a
+        budget stated in trials means the same on tables timed on other hardware."""
+        rand = self.random_curves() or self.curves
+        return float(np.mean([c.cost_s[-1] for c in rand]))
+
+
+class Surrogate:
+    """A fitted model of the learning curve, for replaying configurations the table never recorded.
+
+    Surrogate benchmarks (Eggensperger et al. 2015, "Efficient Benchmarking of Hyperparameter
+    Optimizers via Surrogates"; YAHPO Gym, Pfisterer et al. 2022) replace the nearest recorded
+    configuration by a regression model of the metric over the configuration and the fidelity, so
+    that a proposal between recorded points scores what its neighbourhood predicts rather than
+    exactly what one neighbour measured. Here: scikit-learn gradient boosting of the validation
+    (and dev) accuracy, on the logit scale, over the configuration's coordinates and log2 of the
+    samples seen. A replayed trial keeps the evaluation points and costs of its nearest recorded
+    configuration of the same data size (cost follows the size and the adapted modules, which
+    snapping matches exactly) and gets the model's accuracies there, plus the validation split's
+    sampling noise added back: binomial on ``noise_n`` examples, drawn per trial and evaluation
+    from the replay seed. Its error is measured on held-out configurations (:meth:`cv_error`)."""
+
+    def __init__(self, table: CurveTable, noise_n: int | None = None, folds: int = 10) -> None:
+        self.table, self.noise_n, self.folds = table, noise_n, folds
+        x, val, dev, self._groups, self._final = self._rows(table.curves)
+        self._x, self._val = x, val
+        self.val_model = self._fit(x, val)
+        self.dev_model = self._fit(x, dev)
+
+    def _features(self, point: dict[str, Any], samples: list[int]) -> np.ndarray:
+        c = coordinates(self.table.space, point)
+        return np.asarray([[*c, math.log2(max(1, s))] for s in samples], dtype=float)
+
+    def _rows(self, curves: list[Curve]) -> tuple[np.ndarray, ...]:
+        x, val, dev, groups, final = [], [], [], [], []
+        for i, c in enumerate(curves):
+            x.append(self._features(c.point, c.samples_seen))
+            val += c.accuracy
+            dev += c.dev_accuracy
+            groups += [i] * len(c.accuracy)
+            final += [k == len(c.accuracy) - 1 for k in range(len(c.accuracy))]
+        return np.concatenate(x), _logit(np.asarray(val)), _logit(np.asarray(dev)), np.asarray(groups), np.asarray(final)
+
+    @staticmethod
+    def _fit(x: np.ndarray, y: np.ndarray) -> Any:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        # small, regularized trees: ~1,000 rows from ~200 configurations
+        return HistGradientBoostingRegressor(max_iter=400, learning_rate=0.03, max_leaf_nodes=8, min_samples_leaf=8,
+                                             random_state=0).fit(x, y)
+
+    def cv_error(self) -> float:
+        """Mean absolute error of the final validation accuracy of configurations held out of the
+        fit (grouped ``folds``-fold cross-validation: every evaluation of a configuration is held
+        out together), comparable to :meth:`CurveTable.loo_error`."""
+        from sklearn.model_selection import GroupKFold
+
+        errs: list[float] = []
+        folds = min(self.folds, len(set(self._groups.tolist())))
+        for train, test in GroupKFold(folds).split(self._x, self._val, self._groups):
+            model = self._fit(self._x[train], self._val[train])
+            sel = test[self._final[test]]
+            errs += np.abs(_sigmoid(model.predict(self._x[sel])) - _sigmoid(self._val[sel])).tolist()
+        return float(np.mean(errs))
+
+    def lookup(self, seed: int) -> Callable[[dict[str, Any]], Curve]:
+        """``simulate``'s lookup for one replay seed: a point → its replayed curve."""
+        rng = np.random.default_rng(10_007 + seed)
+
+        def curve(point: dict[str, Any]) -> Curve:
+            near = self.table.snap(point)
+            x = self._features(point, near.samples_seen)
+            val = _sigmoid(self.val_model.predict(x))
+            if self.noise_n:
+                val = np.clip(val + rng.normal(0.0, np.sqrt(val * (1 - val) / self.noise_n)), 0.0, 1.0)
+            dev = _sigmoid(self.dev_model.predict(x))
+            return Curve(f"{near.config}~", "surrogate", dict(point), list(near.samples_seen), val.tolist(), dev.tolist(),
+                         list(near.cost_s), near.samples_total)
+
+        return curve
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def _native(x: Any) -> Any:

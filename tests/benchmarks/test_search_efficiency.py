@@ -135,12 +135,17 @@ def test_replay_is_deterministic_per_seed(table, cfg):
 
 
 def test_goals_and_quantiles():
-    per = {"pruned-tpe": {"time_to_target_s": 100.0, "dev_accuracy_of_pick": 0.86},
-           "random-fifo": {"time_to_target_s": 400.0}, "optuna": {"time_to_target_s": None},
+    def strat(t95, reached, dev=None):
+        return {"time_to_target_s": {"p95": t95}, "reached": {"p95": reached}, "dev_accuracy_of_pick": dev}
+
+    per = {"pruned-tpe": strat(100.0, 48, 0.86), "random-fifo": strat(400.0, 50), "optuna": strat(None, 20),
            "seed-configs": {"dev_accuracy_of_pick": 0.84}}
-    g = se.goals(per)
+    g = se.goals(per, dev_p95=0.85)
+    assert g["default"] == "pruned-tpe" and g["target"] == "p95"
     assert g["speedup_vs_random-fifo"] == 4.0 and g["speedup_vs_random-fifo_met"]
     assert g["speedup_vs_optuna"] == math.inf and g["dev_gain_vs_seed_recipes"] == pytest.approx(0.02)
+    assert (g["reached"], g["reached_by_random"], g["reached_met"]) == (48, 50, False)
+    assert g["dev_of_pick_vs_table_p95_met"] and g["dev_of_pick_vs_table_p95"] == pytest.approx(0.01)
     assert se._quantiles([10, None, 30, 20]) == [10.0, 20.0, 30.0]
     assert se._quantiles([None, None, 5]) == [5.0, None, None]
 
@@ -154,10 +159,14 @@ def test_cli_replay_writes_the_json_contract_and_a_plot(cfg, tmp_path):
                            "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
+    targets = ["p90", "p95", "p99", "best-0.5"]
     for name in ("pruned-tpe", "random-fifo", "seed-configs"):
-        assert set(res[name]) == {"time_to_target_s", "best_accuracy", "dev_accuracy_of_pick"}
-    assert res["seeds"] == 2 and res["workers"] == 4 and res["mode"] == "replay"
-    assert res["table"]["configs"] == 68 and res["target"] == pytest.approx(res["details"]["table_facts"]["best_accuracy"] - 0.005)
+        assert set(res[name]) == {"time_to_target_s", "reached", "best_accuracy", "dev_accuracy_of_pick", "anytime_area"}
+        assert list(res[name]["time_to_target_s"]) == targets and list(res[name]["reached"]) == targets
+    assert res["seeds"] == 2 and res["workers"] == 4 and res["mode"] == "replay" and res["default"] == "pruned-tpe"
+    assert res["table"]["configs"] == 68 and list(res["targets"]) == targets
+    assert res["targets"]["best-0.5"] == pytest.approx(res["details"]["table_facts"]["best_accuracy"] - 0.005)
+    assert res["replay_error"]["lookup"] in ("snap", "surrogate") and res["replay_error"]["snap_loo_mae"] >= 0
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
@@ -232,3 +241,74 @@ def test_record_replay_live_end_to_end_on_a_tiny_model(tiny_bert, sst2_small, tm
             assert e["accuracy"] == pytest.approx(rows[e["samples_seen"]], abs=1e-9)
             compared += 1
     assert compared >= 1
+
+
+def test_targets_are_percentiles_of_final_accuracy_and_best_minus_gap(table):
+    args = se.parse_args(["--target", "0.8"])
+    t = se.targets_of(table, args)
+    finals = sorted(c.final for c in table.random_curves())
+    assert list(t) == ["p90", "p95", "p99", "best-0.5", "abs"] and t["abs"] == 0.8
+    assert t["p90"] <= t["p95"] <= t["p99"] <= max(finals)
+    assert t["best-0.5"] == pytest.approx(table.best_accuracy() - 0.005)
+    share = sum(f >= t["p90"] for f in finals) / len(finals)
+    assert 0.08 <= share <= 0.12  # a target one configuration in ten reaches: not a needle
+
+
+def test_anytime_regret_counts_from_the_floor_until_the_first_evaluation():
+    from benchmarks.replay import SimRun
+
+    run = SimRun(events=[{"t": 50.0, "accuracy": 0.8}, {"t": 75.0, "accuracy": 0.9}])
+    so_far, regret = se.anytime(run, 100.0, best=0.9, floor=0.5)
+    grid = [100.0 * i / (se.GRID_POINTS - 1) for i in range(se.GRID_POINTS)]
+    want = [0.5 if g < 50 else 0.8 if g < 75 else 0.9 for g in grid]
+    assert so_far == pytest.approx(want) and regret == pytest.approx(sum(0.9 - w for w in want) / len(want))
+
+
+def test_a_size_column_holding_all_as_text_replays(cfg):
+    """A space searching ``data.size: [1000, all]`` is recorded as text ("1000", "all"); the replay
+    reads it back whatever the searcher proposes (1000, "all", None)."""
+    from benchmarks.curve_table import _as_columns
+    from study.config import StudyConfig
+
+    space = StudyConfig.model_validate({**cfg.model_dump(), "search": {**{k: v.model_dump(exclude_none=True) for k, v in cfg.search.items()},
+                                                                       "data.size": {"choice": [1000, "all"]}}})
+    frame = synthetic_frame(cfg, n=40)
+    frame["data.size"] = frame["data.size"].map(lambda s: "all" if s == 8000 else s)
+    frame = frame[frame["data.size"].isin([1000, "all"])].copy()
+    stored = _as_columns(frame, space)
+    assert stored["data.size"].map(type).eq(str).all()
+    t = CurveTable(stored, space.search)
+    assert {c.point["data.size"] for c in t.curves} == {1000, "all"}
+    point = dict(t.curves[0].point)
+    for spelling in ("all", None, "ALL"):
+        assert t.snap({**point, "data.size": spelling}).point["data.size"] == "all"
+    assert t.snap({**point, "data.size": 1000}).point["data.size"] == 1000
+
+
+def test_curves_cut_short_are_left_out(cfg):
+    frame = synthetic_frame(cfg, n=20)
+    last = frame.groupby("config")["eval"].transform("max")
+    victim = frame["config"].iloc[0]
+    cut = frame[~((frame["config"] == victim) & (frame["eval"] == last))]
+    t = CurveTable(cut, cfg.search)
+    assert t.cut_short == [victim] and victim not in t.by_id
+
+
+def test_budget_in_trials_scales_with_the_table(table):
+    args = se.parse_args(["--budget-trials", "10"])
+    budget, trials = se._budget(args, table)
+    assert trials == 10 and budget == pytest.approx(10 * table.mean_full_cost())
+    assert se._budget(se.parse_args([]), table)[0] == 3600.0
+
+
+def test_surrogate_is_scored_on_held_out_configurations_and_replays_a_curve(table):
+    from benchmarks.replay import Surrogate
+
+    sur = Surrogate(table, noise_n=4000, folds=5)
+    err = sur.cv_error()
+    assert 0 <= err < 0.05  # the synthetic curves are smooth in lr and size
+    point = dict(table.random_curves()[3].point)
+    a, b = sur.lookup(0)(point), sur.lookup(0)(point)
+    near = table.snap(point)
+    assert a.samples_seen == near.samples_seen and a.cost_s == near.cost_s and a.accuracy == b.accuracy
+    assert sur.lookup(1)(point).accuracy != a.accuracy  # noise drawn per replay seed

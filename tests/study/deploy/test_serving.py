@@ -42,7 +42,7 @@ from study.deploy import export, registry
 from trainables import META_FILE, load_classifier
 from trainables.data import read_table
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NAME = "lora-study-real"  # the registered model, as study.run names it: lora-study-<study>
 
 

@@ -22,7 +22,7 @@ from study.deploy import export
 from trainables import META_FILE, load_classifier, portable_base_model
 from trainables.data import read_table
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_cli(mod, argv: list[str], capsys) -> tuple[int, str, str]:

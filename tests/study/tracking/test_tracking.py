@@ -35,7 +35,7 @@ from study.tracking.runs import (
 )
 from study.tracking.tracker import MLflowTracker
 from tests.conftest import ROOT
-from tests.study.test_searcher import (  # noqa: F401  (ray_local is a fixture)
+from tests.study.search.test_tpe_asha import (  # noqa: F401  (ray_local is a fixture)
     MAX_T,
     POINTS,
     SPACE,

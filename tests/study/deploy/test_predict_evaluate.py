@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from study.deploy import evaluate, predict
-from tests.study.test_export import ROOT, assert_one_line_error, exported, run_cli, summary  # noqa: F401  (exported is a fixture)
+from tests.study.deploy.test_export import ROOT, assert_one_line_error, exported, run_cli, summary  # noqa: F401  (exported is a fixture)
 from trainables import load_classifier
 from trainables.data import read_table
 

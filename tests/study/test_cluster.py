@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_study_args
-from tests.study.test_resume_faults import (
+from tests.study.drivers import (
     free_port,
     kill_session,
     session_members,

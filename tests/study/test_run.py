@@ -8,6 +8,7 @@ import pytest
 
 from study.run import main
 from tests.conftest import ROOT, run_study, tiny_study_args
+from tests.study.drivers import Listener, free_port
 
 QUICK = str(ROOT / "study" / "configs" / "sst2-quick.yaml")
 
@@ -52,39 +53,6 @@ def test_bad_input_fails_before_ray(argv, needle, capsys, tmp_path, monkeypatch,
 # --------------------------------------------------------------------------- issue 18: hostile and broken input
 
 
-class Listener:
-    """A loopback HTTP server that answers every request with ``status`` and records its headers."""
-
-    def __init__(self, status: int):
-        import http.server
-        import threading
-
-        self.requests: list[dict[str, str]] = []
-        seen, code = self.requests, status
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self):
-                seen.append(dict(self.headers))
-                body = b"<html>401 Unauthorized</html>" if code == 401 else b"{}"
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _data_dir(root: Path, name: str, train: str, dev: str = "sentence\tlabel\ngood film\t1\nbad film\t0\n", ext: str = "tsv") -> str:
     d = root / name
     d.mkdir()
@@ -103,14 +71,6 @@ def _plant_study(root: Path, name: str, **record) -> Path:
     d.mkdir(parents=True)
     (d / "study.json").write_text(json.dumps({"name": name, "config": {}, "storage": str(root), **record}))
     return d
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _bad18(ctx) -> list[tuple[str, list[str], str]]:
@@ -145,7 +105,7 @@ def _bad18(ctx) -> list[tuple[str, list[str], str]]:
         ("num-samples on resume", ["--name", "planted", "--resume", "--storage", root, "--num-samples", "20"],
          "--num-samples 20: a resumed study keeps its stored study.num_samples=12"),
         ("study already running", ["--name", "planted", "--resume", "--storage", root], "study 'planted' is already running (pid"),
-        ("MLflow unreachable", [*new, "--tracking-uri", f"http://127.0.0.1:{_free_port()}"], "is unreachable"),
+        ("MLflow unreachable", [*new, "--tracking-uri", f"http://127.0.0.1:{free_port()}"], "is unreachable"),
         ("MLflow 401", [*new, "--tracking-uri", ctx.listener_401.uri], "answered 401 Unauthorized"),
         ("credentials to a study's URI", ["--name", "foreign", "--resume", "--storage", root],
          f"records MLflow at {ctx.creds_listener.uri} but you did not name it"),

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from study.deploy import evaluate, predict
-from tests.study.deploy.test_export import ROOT, assert_one_line_error, exported, run_cli, summary  # noqa: F401  (exported is a fixture)
+from tests.conftest import ROOT
+from tests.study.drivers import assert_one_line_error, run_cli, summary
 from trainables import load_classifier
 from trainables.data import read_table
 

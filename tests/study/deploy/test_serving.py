@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,10 +38,11 @@ import pandas as pd
 import pytest
 
 from study.deploy import export, registry
+from tests.conftest import ROOT
+from tests.study.drivers import free_port
 from trainables import META_FILE, load_classifier
 from trainables.data import read_table
 
-ROOT = Path(__file__).resolve().parents[3]
 NAME = "lora-study-real"  # the registered model, as study.run names it: lora-study-<study>
 
 
@@ -336,12 +336,6 @@ def readme_serving_commands() -> tuple[str, str]:
     return " ".join(serve.split()), " ".join(curl.split())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _substitute(cmd: str, real, port: int) -> str:
     return (cmd.replace("sqlite:///studies/mlflow.db", real.registry.tracking_uri).replace("lora-study-NAME", NAME)
             .replace(".venv/bin", str(Path(sys.executable).parent)).replace("5001", str(port)))
@@ -351,7 +345,7 @@ def _substitute(cmd: str, real, port: int) -> str:
 def server(real, tmp_path_factory):
     """The README's serve command on a free 127.0.0.1 port; waits (bounded) for /ping, always killed."""
     serve, _ = readme_serving_commands()
-    port = _free_port()
+    port = free_port()
     cmd = _substitute(serve, real, port)
     assert "--env-manager local" in cmd and "@best" in cmd
     log = tmp_path_factory.mktemp("serve") / "serve.log"

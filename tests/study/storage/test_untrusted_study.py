@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.study.test_run import Listener
+from tests.study.drivers import Listener
 
 #: Trial fields Ray stores as hex-encoded pickles (``Trial._nonjson_fields``), beside the
 #: ``CLOUDPICKLE_FALLBACK`` blobs of ``TuneFunctionEncoder``.

@@ -22,7 +22,7 @@ def test_every_shipped_study_config_loads(path):
         assert all(in_space(cfg.search[k], v) for k, v in point.items())
 
 
-def test_shipped_configs_cover_the_issue():
+def test_shipped_configs_cover_the_planned_studies():
     names = {p.name for p in CONFIGS}
     assert {"sst2.yaml", "sst2-quick.yaml", "sst2-datasize.yaml"} <= names
     full = load_study_config(ROOT / "study" / "configs" / "sst2.yaml")

@@ -1,4 +1,4 @@
-"""Reliability of ``python -m study.run`` under faults (issues 3 and 6), on real processes.
+"""Reliability of ``python -m study.run`` under faults, on real processes.
 
 Every test runs the real CLI in a subprocess on the tiny random BERT (``tiny_bert`` +
 ``sst2_small``), with its own storage dir (``LORA_STUDY_HOME``), its own study name and its own
@@ -7,14 +7,14 @@ MLflow store, and checks the end state three ways: ``summary.json``, Ray's exper
 
 Faults:
 
-* driver SIGKILLed mid-study, then ``--resume`` (issue 3), and three times in a row at random
-  points (issue 6, fault 1);
-* a trial's worker process SIGKILLed: the trial restarts from its last checkpoint (fault 2);
-* the MLflow tracking server (a real ``mlflow server`` process) crashes mid-study and comes back
-  (fault 4);
-* disk: a 20-trial study keeps at most ``checkpoints_to_keep + 1`` checkpoints per trial (fault 5).
+* driver SIGKILLed mid-study, then ``--resume``, and three times in a row at random points;
+* a trial's worker process SIGKILLed: the trial restarts from its last checkpoint;
+* the MLflow tracking server (a real ``mlflow server`` process) crashes mid-study and comes back;
+* disk: a 20-trial study keeps at most ``checkpoints_to_keep + 1`` checkpoints per trial;
+* two drivers starting the same study at once, then a SIGKILL and a torn checkpoint; storage
+  running out of space; studies starting at once on a fresh sqlite MLflow store.
 
-Fault 3 (a worker node dies) is in ``test_cluster.py``.
+A worker node dying is in ``test_cluster.py``.
 
 How a driver "crashes" here: the study runs with ``start_new_session=True``; the driver's
 process group (driver, GCS, raylet, ... of the local Ray it started) gets SIGKILL, then whatever
@@ -73,12 +73,12 @@ from tests.study.drivers import (
 SLOW = ["--set", "train.epochs=3"]  # 18 evaluations per 600-example trial: time to kill things
 
 
-# --------------------------------------------------------------------------- issue 3 / issue 6 fault 1
+# --------------------------------------------------------------------------- the driver killed
 
 
 @pytest.mark.slow
 def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
-    """Issue 3: the driver dies (SIGKILL, with its local Ray) once a trial has a checkpoint;
+    """The driver dies (SIGKILL, with its local Ray) once a trial has a checkpoint;
     ``--resume`` finishes the study with exactly num_samples trials, nothing lost or duplicated.
 
     The crash also gets the worst timing Ray's checkpoint retention allows: the checkpoint that
@@ -118,7 +118,7 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
 
 @pytest.mark.slow
 def test_three_random_driver_kills(tmp_path, tiny_bert, sst2_small):
-    """Issue 6, fault 1: SIGKILL the driver at a random point three times in a row, each time
+    """SIGKILL the driver at a random point three times in a row, each time
     followed by ``--resume``; the study ends with exactly num_samples trials, every trial's history
     continuous, no MLflow run duplicated or left RUNNING."""
     n, name, home, log = 6, "kill3", tmp_path / "studies", tmp_path / "kill3.log"
@@ -168,11 +168,11 @@ def test_three_random_driver_kills(tmp_path, tiny_bert, sst2_small):
           f"{time.monotonic() - t1:.0f}s; {fig['rereports']} re-reported evaluations; trials {fig['summary']['trials']}")
 
 
-# --------------------------------------------------------------------------- issue 6 fault 2
+# --------------------------------------------------------------------------- a trial's worker killed
 
 
 def test_trial_worker_killed_restarts_from_checkpoint(tmp_path, tiny_bert, sst2_small):
-    """Issue 6, fault 2: SIGKILL the worker process running a trial (its ``pid`` from the trial's
+    """SIGKILL the worker process running a trial (its ``pid`` from the trial's
     result.json); Tune restarts the trial from its last checkpoint (``max_failures`` 2) and it
     finishes: samples_seen continues where it was, not from zero."""
     n, name, home, log = 2, "wkill", tmp_path / "studies", tmp_path / "wkill.log"
@@ -213,12 +213,12 @@ def test_trial_worker_killed_restarts_from_checkpoint(tmp_path, tiny_bert, sst2_
           f"{first_new['samples_seen']} on pid {first_new['pid']}; finished at {rows[-1]['samples_seen']}; failures {failures}")
 
 
-# --------------------------------------------------------------------------- issue 6 fault 4
+# --------------------------------------------------------------------------- the MLflow server down
 
 
 @pytest.mark.slow
 def test_mlflow_server_outage_is_buffered(tmp_path, tiny_bert, sst2_small):
-    """Issue 6, fault 4 (and "real services outside Docker"): the MLflow server is SIGKILLed once
+    """A real MLflow server outside Docker is SIGKILLed once
     a trial has reported, stays down ~8 s and comes back on the same port. The study does not crash;
     the buffered writes arrive: every child run holds all of its trial's evaluations (count and
     steps equal Ray's results), no run is left RUNNING, and the parent run, its metrics, the best
@@ -266,7 +266,7 @@ def test_mlflow_server_outage_is_buffered(tmp_path, tiny_bert, sst2_small):
         assert reg, "best adapter not registered"
         version = client.get_model_version(reg["name"], reg["version"])
         best_run = next(r for r in fig["children"] if r.data.tags["ray_trial_id"] == summary["best"]["trial_id"])
-        assert version.run_id == best_run.info.run_id and version.status == "READY", version  # the best trial's own run (#15)
+        assert version.run_id == best_run.info.run_id and version.status == "READY", version  # the best trial's own run
         assert version.tags.get("trial_id") == summary["best"]["trial_id"]
         assert client.get_registered_model(reg["name"]).name == reg["name"]
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "best_adapter")}
@@ -280,12 +280,12 @@ def test_mlflow_server_outage_is_buffered(tmp_path, tiny_bert, sst2_small):
           f"wall {end - t0:.0f}s; rc 0")
 
 
-# --------------------------------------------------------------------------- issue 6 fault 5
+# --------------------------------------------------------------------------- checkpoint disk
 
 
 @pytest.mark.slow
 def test_checkpoint_disk_is_bounded(tmp_path, tiny_bert, sst2_small):
-    """Issue 6, fault 5: disk per study is bounded by ``storage.checkpoints_to_keep``.
+    """Disk per study is bounded by ``storage.checkpoints_to_keep``.
 
     Stated bound: every trial dir holds at most ``checkpoints_to_keep + 1 = 3`` checkpoints (Ray
     keeps the best ``num_to_keep`` = 2 by accuracy and never deletes the latest, which is what a
@@ -328,7 +328,7 @@ def test_checkpoint_disk_is_bounded(tmp_path, tiny_bert, sst2_small):
         print(f"  {tid}: {k} ckpts {b:>9,} B  {e:>2} evals  {p:>6,} params")
 
 
-# --------------------------------------------------------------------------- issue 18
+# --------------------------------------------------------------------------- concurrent starts, torn checkpoints, a full disk
 
 
 TWO_AT_ONCE = ["--set", "train.epochs=5", "--set", "asha.enabled=false", "--set", "search.data.size.choice=[600]",
@@ -336,7 +336,7 @@ TWO_AT_ONCE = ["--set", "train.epochs=5", "--set", "asha.enabled=false", "--set"
 
 
 def test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints(tmp_path, tiny_bert, sst2_small):
-    """Issue 18, items 4 and 2, on one study.
+    """Two drivers starting the same study, then a crash with a torn checkpoint, on one study.
 
     Two drivers start the same new study at the same moment on a fresh store: one runs it, the
     other stops with one line (before: both were accepted — one directory, two experiment states,
@@ -422,7 +422,7 @@ def test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints(tmp_
 
 
 def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, tiny_bert, sst2_small):
-    """Issue 18, item 1: storage runs out of space mid-study. The study stops at once with one
+    """Storage runs out of space mid-study. The study stops at once with one
     line (which file, how much space, what to run), every stored file is intact (an old or a new
     version, never torn), and after space is freed ``--resume`` finishes the *same* study — every
     trial with the stored fixed config (before: fixed keys back at their defaults) — and a second
@@ -488,7 +488,7 @@ def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, ti
 
 
 def test_fresh_sqlite_store_first_use_is_serialized(tmp_path):
-    """Issue 18, item 4: two studies starting at once on a fresh sqlite MLflow store both ran
+    """Two studies starting at once on a fresh sqlite MLflow store both ran
     MLflow's schema migrations; the loser crashed with ``duplicate column name: step``. The
     runner's first use (``check_tracking``) holds a lock beside the database."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

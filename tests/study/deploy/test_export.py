@@ -263,7 +263,7 @@ def test_mean_pooling_export_loads_everywhere_with_the_same_logits(mean_export, 
 
 def test_stock_peft_refuses_a_mean_pooling_export(mean_export, tiny_st_bert):
     """Without ``use_mean_pooling`` a stock head would read the [CLS] pooler the adapter was not
-    trained on (chance-level predictions, no error, before issue #16): now both stock PEFT
+    trained on (before: chance-level predictions, no error): now both stock PEFT
     loaders stop with the error the card names."""
     from peft import AutoPeftModelForSequenceClassification, PeftModel
     from transformers import AutoModelForSequenceClassification
@@ -311,7 +311,7 @@ def test_export_of_a_trainable_checkpoint_dir(tiny_study, exported, tmp_path, ca
 
 
 def test_registered_version_is_the_best_trials_run(tiny_study):
-    """#15: the version's source run is the best trial's child run; metadata and alias travel with it."""
+    """The version's source run is the best trial's child run; metadata and alias travel with it."""
     from mlflow import MlflowClient
 
     name, home = tiny_study

@@ -1,4 +1,4 @@
-"""A real export of the embedded MiniLM, loaded every way a user loads it (issue #16).
+"""A real export of the embedded MiniLM, loaded every way a user loads it.
 
 The fixture trains a small real adapter (``python -m trainables.loop --out``, 600 SST-2
 sentences, mean pooling as the embedded MiniLM's default), exports it with ``--merge``, registers
@@ -170,7 +170,7 @@ def card_recipe():  # as the export's README.md writes it
     return PeftModel.from_pretrained(use_mean_pooling(labelled), export)
 
 results = {
-    "stock-peft": run(lambda: PeftModel.from_pretrained(base(), export)),  # the issue's line
+    "stock-peft": run(lambda: PeftModel.from_pretrained(base(), export)),  # plain PEFT: what a user tries first
     "auto-peft": run(lambda: AutoPeftModelForSequenceClassification.from_pretrained(export)),
     "card-recipe": run(card_recipe),
     "merged-remote-code": run(lambda: AutoModelForSequenceClassification.from_pretrained(export + "/merged", trust_remote_code=True)),
@@ -244,7 +244,7 @@ def test_study_predict_cli_on_the_copied_export_and_on_the_training_checkpoint(r
 
 @pytest.mark.slow
 def test_registered_version_is_the_best_trials_run_with_its_metadata(real):
-    """#15: the version's source run is the best trial's own run; description, hyperparameters,
+    """The version's source run is the best trial's own run; description, hyperparameters,
     metrics, the study and the alias ``best`` travel with it."""
     from mlflow import MlflowClient
 

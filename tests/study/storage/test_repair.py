@@ -1,6 +1,7 @@
 """``RepairCheckpointRecords`` (study/storage/repair.py) on hand-made trials: which checkpoint a trial
-resumes from after a driver crash or a trial restart (issue 18, item 2). The end-to-end version
-(real SIGKILL, real torn file) is ``test_resume_faults.test_resume_after_sigkill_continues_from_checkpoints``."""
+resumes from after a driver crash or a trial restart (a checkpoint that is gone, torn, or beyond the
+trial's stored history is skipped). The end-to-end version (real SIGKILL, real torn file) is
+``tests/study/test_resume_faults.py::test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""A study directory must not run code for read-only commands, nor lead outside the studies root
-(issue 18, item 3).
+"""A study directory must not run code for read-only commands, nor lead outside the studies root.
 
 Planted payloads are pickles that create a marker file when unpickled. ``study.export`` and
 ``dashboards.report`` must never load them — neither Ray's ``*.pkl`` files nor the cloudpickle

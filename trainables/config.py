@@ -260,7 +260,7 @@ class TrainSection(_Section):
     is bound by kernel launches, not by the math, so a few padded tokens cost nothing there, while
     few distinct shapes let ``train.compile`` capture whole steps once per shape and let cuBLAS
     use its tensor-core tile sizes; on a CPU every padded token is real compute. Padding is
-    masked, so the logits do not change (``tests/trainables/test_lora.py``)."""
+    masked, so the logits do not change (``tests/trainables/test_loop.py``)."""
     compile: bool = False
     """Train through ``torch.compile(mode="reduce-overhead")`` (fused kernels, and on CUDA whole
     forward and backward passes replayed as CUDA graphs, one per batch shape): meant to remove the

@@ -224,11 +224,7 @@ def test_unknown_study_is_one_line_exit_2(tiny_study, capsys):
     assert err.startswith("error: no study named 'no-such-study'") and "\n" not in err
 
 
-def test_asha_rungs_and_pareto_front():
-    assert asha_rungs(150, 2, 600) == [150, 300, 600]
-    assert asha_rungs(100, 2, 600) == [100, 200, 400]
-    assert asha_rungs(500, 3, 2000) == [500, 1500]
-    assert asha_rungs(5000, 2, 1000) == [1000]  # the runner caps grace_period at max_t
+def test_pareto_front_and_resolve_size():
     pts = [{"trainable_params": n, "accuracy": a} for n, a in [(10, 0.80), (20, 0.79), (30, 0.85), (40, 0.85), (50, 0.90)]]
     assert [(p["trainable_params"], p["accuracy"]) for p in A.pareto_front(pts)] == [(10, 0.80), (30, 0.85), (50, 0.90)]
     assert A.resolve_size(None, 67349) == 67349 and A.resolve_size(0.5, 1000) == 500 and A.resolve_size(8000, 600) == 600

@@ -1,4 +1,4 @@
-"""A study on a real two-node Ray cluster, and a worker node dying mid-study (issue 6, fault 3).
+"""A study on a real two-node Ray cluster, and a worker node dying mid-study.
 
 Both nodes run on this machine: ``ray start --head`` and ``ray start --address`` with one CPU
 each, each with its own ``--temp-dir`` (so neither touches ``/tmp/ray``, and other Ray users'
@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_study_args
-from tests.study.test_resume_faults import (
+from tests.study.drivers import (
     free_port,
     kill_session,
     session_members,

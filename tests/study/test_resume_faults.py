@@ -1,4 +1,4 @@
-"""Reliability of ``python -m study.run`` under faults (issues 3 and 6), on real processes.
+"""Reliability of ``python -m study.run`` under faults, on real processes.
 
 Every test runs the real CLI in a subprocess on the tiny random BERT (``tiny_bert`` +
 ``sst2_small``), with its own storage dir (``LORA_STUDY_HOME``), its own study name and its own
@@ -7,14 +7,14 @@ MLflow store, and checks the end state three ways: ``summary.json``, Ray's exper
 
 Faults:
 
-* driver SIGKILLed mid-study, then ``--resume`` (issue 3), and three times in a row at random
-  points (issue 6, fault 1);
-* a trial's worker process SIGKILLed: the trial restarts from its last checkpoint (fault 2);
-* the MLflow tracking server (a real ``mlflow server`` process) crashes mid-study and comes back
-  (fault 4);
-* disk: a 20-trial study keeps at most ``checkpoints_to_keep + 1`` checkpoints per trial (fault 5).
+* driver SIGKILLed mid-study, then ``--resume``, and three times in a row at random points;
+* a trial's worker process SIGKILLed: the trial restarts from its last checkpoint;
+* the MLflow tracking server (a real ``mlflow server`` process) crashes mid-study and comes back;
+* disk: a 20-trial study keeps at most ``checkpoints_to_keep + 1`` checkpoints per trial;
+* two drivers starting the same study at once, then a SIGKILL and a torn checkpoint; storage
+  running out of space; studies starting at once on a fresh sqlite MLflow store.
 
-Fault 3 (a worker node dies) is in ``test_cluster.py``.
+A worker node dying is in ``test_cluster.py``.
 
 How a driver "crashes" here: the study runs with ``start_new_session=True``; the driver's
 process group (driver, GCS, raylet, ... of the local Ray it started) gets SIGKILL, then whatever
@@ -43,257 +43,42 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT, run_study, tiny_study_args
+from tests.study.drivers import (
+    MAX_GAP,
+    MlflowServer,
+    checkpoints_on_disk,
+    crash_driver,
+    fill,
+    first_after_restart,
+    has_checkpoint,
+    kill_session,
+    mount_tmpfs,
+    n_results,
+    snapshot_trials,
+    start_study,
+    tail,
+    trial_results,
+    verify_study,
+    wait_for,
+)
 
-EVAL_EVERY = 100  # tiny_study_args: train.eval_every_samples
-BATCH = 32  # sst2-quick.yaml: train.batch_size
-MAX_GAP = EVAL_EVERY + BATCH - 1  # consecutive evaluations are at most this many samples apart
 SLOW = ["--set", "train.epochs=3"]  # 18 evaluations per 600-example trial: time to kill things
 
 
-# --------------------------------------------------------------------------- processes
-
-
-def study_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "LORA_STUDY_HOME": str(home), "RAY_DEDUP_LOGS": "0", **(extra or {})}
-
-
-def start_study(args: list[str], home: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m study.run ARGS`` in its own session (so it and its Ray can be killed as one)."""
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, env=study_env(home, env),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def session_members(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session ``sid``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid and _state(int(entry)) not in (None, "Z"):
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
-def kill_session(sid: int, timeout: float = 20.0) -> int:
-    """SIGKILL every process of session ``sid`` until none is left; returns how many there were."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while pids := session_members(sid):
-        seen.update(pids)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"processes of session {sid} survive SIGKILL: {pids}")
-        time.sleep(0.2)
-    return len(seen)
-
-
-def crash_driver(proc: subprocess.Popen) -> int:
-    """SIGKILL the study driver's process group, then the rest of its session (Ray's workers).
-    Returns how many processes outlived the process-group kill (by 1 s)."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(1.0)
-    return kill_session(proc.pid)
-
-
-def tail(log: Path, n: int = 4000) -> str:
-    return log.read_text(errors="replace")[-n:] if log.exists() else ""
-
-
-def wait_for(cond, proc: subprocess.Popen | None, log: Path | None, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"study exited ({proc.returncode}) before {what}:\n{tail(log) if log else ''}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{tail(log) if log else ''}")
-        time.sleep(poll)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --------------------------------------------------------------------------- what a study left
-
-
-def trial_results(experiment: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every trial dir's ``result.json`` rows (complete lines only: it may be mid-write)."""
-    out = {}
-    for f in sorted(experiment.glob("trial_*/result.json")):
-        rows = []
-        for line in f.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-        out[f.parent.name.removeprefix("trial_")] = rows
-    return out
-
-
-def n_results(experiment: Path) -> int:
-    return sum(len(r) for r in trial_results(experiment).values())
-
-
-def has_checkpoint(experiment: Path) -> bool:
-    return any(experiment.glob("trial_*/checkpoint_*"))
-
-
-def check_history(tid: str, rows: list[dict[str, Any]], state: str) -> tuple[list[int], int]:
-    """No result lost (see the module docstring); returns (distinct evaluation points, re-reports)."""
-    assert rows, f"trial {tid}: no results"
-    by_step: dict[int, dict[str, Any]] = {}
-    rereports, top = 0, -1
-    for r in rows:
-        s = r["samples_seen"]
-        if s > top:
-            by_step[s], top = r, s
-            continue
-        # Ray re-reports evaluations made after the checkpoint it resumed from: same point,
-        # same numbers (exact resume), never a point that was not reported before.
-        assert s in by_step, f"trial {tid}: samples_seen went back to {s}, never reported before: {[x['samples_seen'] for x in rows]}"
-        for key in ("accuracy", "eval_loss", "train_loss"):
-            assert r[key] == by_step[s][key], f"trial {tid}: re-reported {key} at {s} differs: {r[key]} != {by_step[s][key]}"
-        rereports += 1
-    steps = sorted(by_step)
-    gaps = [b - a for a, b in zip([0] + steps, steps)]
-    assert max(gaps) <= MAX_GAP, f"trial {tid}: an evaluation is missing (gap {max(gaps)} > {MAX_GAP}): {steps}"
-    last = rows[-1]
-    assert last["samples_seen"] == steps[-1], f"trial {tid}: last result is not its furthest point"
-    if state == "completed":
-        assert steps[-1] == last["samples_total"], f"trial {tid}: completed at {steps[-1]} of {last['samples_total']} samples"
-    return steps, rereports
-
-
-def mlflow_runs(uri: str, experiment: str):
-    from mlflow.tracking import MlflowClient
-
-    from study.tracking.runs import PARENT_TAG, ROLE_TAG
-
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no MLflow experiment {experiment!r} at {uri}"
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "parent"]
-    assert len(parents) == 1, f"{len(parents)} parent runs"
-    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
-    assert len(children) == len(runs) - 1, "runs that are neither the parent nor its children"
-    return client, parents[0], children
-
-
-def verify_study(home: Path, name: str, n: int, *, exact_metrics: bool = False) -> dict[str, Any]:
-    """The end state of a finished study, from summary.json, Ray's experiment and MLflow.
-
-    ``exact_metrics``: each MLflow child has exactly Ray's results (same count, same steps, in
-    order); otherwise (after driver crashes) the same *set* of evaluation points. Returns figures.
-    """
-    from ray.tune import ExperimentAnalysis
-
-    from study.tracking.runs import STATE_TAG, TRIAL_ID_TAG
-
-    exp_dir = home / name
-    summary = json.loads((exp_dir / "summary.json").read_text())
-    t = summary["trials"]
-    assert t["total"] == n and t["unfinished"] == 0 and t["failed"] == 0, t
-    assert t["completed"] + t["pruned"] == n, t
-    states = {r["trial_id"]: r["state"] for r in summary["table"]}
-
-    analysis = ExperimentAnalysis(str(exp_dir))
-    ray_ids = {tr.trial_id for tr in analysis.trials}
-    assert len(analysis.trials) == n, f"Ray experiment has {len(analysis.trials)} trials, want {n}"
-    assert {tr.status for tr in analysis.trials} == {"TERMINATED"}, {tr.trial_id: tr.status for tr in analysis.trials}
-    assert set(states) == ray_ids
-
-    results = trial_results(exp_dir)
-    ghosts = sorted(set(results) - ray_ids)  # trial dirs Ray itself no longer knows (none expected)
-    assert not ghosts, f"trial dirs not in Ray's experiment state: {ghosts}"
-    steps, rereports = {}, 0
-    for tid in ray_ids:
-        steps[tid], rr = check_history(tid, results[tid], states[tid])
-        rereports += rr
-
-    record = json.loads((exp_dir / "study.json").read_text())
-    client, parent, children = mlflow_runs(record["tracking_uri"], record["experiment"])
-    assert parent.info.status == "FINISHED", parent.info.status
-    per_trial = Counter(r.data.tags.get(TRIAL_ID_TAG) for r in children)
-    duplicated = {k: v for k, v in per_trial.items() if v > 1}
-    assert not duplicated, f"MLflow runs duplicated: {duplicated}"
-    assert set(per_trial) == ray_ids, f"MLflow trials {sorted(per_trial)} != Ray trials {sorted(ray_ids)}"
-    running = [r.info.run_id for r in children if r.info.status == "RUNNING"]
-    assert not running, f"MLflow runs left RUNNING: {running}"
-    want = {"completed": ("FINISHED", "completed"), "pruned": ("FINISHED", "pruned")}
-    for run in children:
-        tid = run.data.tags[TRIAL_ID_TAG]
-        assert (run.info.status, run.data.tags.get(STATE_TAG)) == want[states[tid]], (tid, states[tid], run.info.status, run.data.tags)
-        history = client.get_metric_history(run.info.run_id, "accuracy")
-        mlflow_steps = [m.step for m in sorted(history, key=lambda m: (m.timestamp, m.step))]
-        if exact_metrics:
-            assert sorted(mlflow_steps) == sorted(r["samples_seen"] for r in results[tid]), (tid, mlflow_steps)
-        else:
-            assert sorted(set(mlflow_steps)) == steps[tid], (tid, sorted(set(mlflow_steps)), steps[tid])
-    return {"summary": summary, "client": client, "parent": parent, "children": children, "results": results,
-            "rereports": rereports, "states": states}
-
-
-# --------------------------------------------------------------------------- issue 3 / issue 6 fault 1
-
-
-def snapshot_trials(experiment: Path) -> dict[str, tuple[str, str | None]]:
-    """Ray's newest experiment snapshot: trial id -> (status, path of the checkpoint it restores
-    from, i.e. its checkpoint manager's latest; not always the last result's: a result is
-    recorded before its checkpoint is registered); {} if there is none (yet)."""
-    from functools import partial
-
-    from ray.tune.utils.serialization import TuneFunctionDecoder
-
-    files = sorted(experiment.glob("experiment_state-*.json"))
-    try:
-        state = json.loads(files[-1].read_text()) if files else {"trial_data": []}
-    except json.JSONDecodeError:  # being written
-        return {}
-    out = {}
-    for trial_json, meta_json in state["trial_data"]:
-        trial = json.loads(trial_json)
-        meta = json.loads(meta_json, cls=partial(TuneFunctionDecoder, allow_cloudpickle=True))  # our own file
-        latest = meta["checkpoint_manager"].latest_checkpoint_result
-        out[trial["trial_id"]] = (trial["status"], latest.checkpoint.path if latest else None)
-    return out
+# --------------------------------------------------------------------------- the driver killed
 
 
 @pytest.mark.slow
 def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
-    """Issue 3: the driver dies (SIGKILL, with its local Ray) once a trial has a checkpoint;
+    """The driver dies (SIGKILL, with its local Ray) once a trial has a checkpoint;
     ``--resume`` finishes the study with exactly num_samples trials, nothing lost or duplicated.
 
     The crash also gets the worst timing Ray's checkpoint retention allows: the checkpoint that
@@ -333,7 +118,7 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_bert, sst2_small):
 
 @pytest.mark.slow
 def test_three_random_driver_kills(tmp_path, tiny_bert, sst2_small):
-    """Issue 6, fault 1: SIGKILL the driver at a random point three times in a row, each time
+    """SIGKILL the driver at a random point three times in a row, each time
     followed by ``--resume``; the study ends with exactly num_samples trials, every trial's history
     continuous, no MLflow run duplicated or left RUNNING."""
     n, name, home, log = 6, "kill3", tmp_path / "studies", tmp_path / "kill3.log"
@@ -383,11 +168,11 @@ def test_three_random_driver_kills(tmp_path, tiny_bert, sst2_small):
           f"{time.monotonic() - t1:.0f}s; {fig['rereports']} re-reported evaluations; trials {fig['summary']['trials']}")
 
 
-# --------------------------------------------------------------------------- issue 6 fault 2
+# --------------------------------------------------------------------------- a trial's worker killed
 
 
 def test_trial_worker_killed_restarts_from_checkpoint(tmp_path, tiny_bert, sst2_small):
-    """Issue 6, fault 2: SIGKILL the worker process running a trial (its ``pid`` from the trial's
+    """SIGKILL the worker process running a trial (its ``pid`` from the trial's
     result.json); Tune restarts the trial from its last checkpoint (``max_failures`` 2) and it
     finishes: samples_seen continues where it was, not from zero."""
     n, name, home, log = 2, "wkill", tmp_path / "studies", tmp_path / "wkill.log"
@@ -428,44 +213,12 @@ def test_trial_worker_killed_restarts_from_checkpoint(tmp_path, tiny_bert, sst2_
           f"{first_new['samples_seen']} on pid {first_new['pid']}; finished at {rows[-1]['samples_seen']}; failures {failures}")
 
 
-# --------------------------------------------------------------------------- issue 6 fault 4
-
-
-class MlflowServer:
-    """A real ``mlflow server`` (sqlite backend, proxied artifacts) in its own session."""
-
-    def __init__(self, root: Path):
-        self.root, self.port, self.proc = root, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 120.0) -> float:
-        t0 = time.monotonic()
-        with open(self.root / "server.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                 "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", "1"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self.healthy, self.proc, self.root / "server.log", timeout, "the MLflow server", poll=0.3)
-        return time.monotonic() - t0
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def crash(self) -> None:
-        if self.proc is not None:
-            kill_session(self.proc.pid)
-            self.proc.wait(timeout=30)
-            assert not self.healthy()
+# --------------------------------------------------------------------------- the MLflow server down
 
 
 @pytest.mark.slow
 def test_mlflow_server_outage_is_buffered(tmp_path, tiny_bert, sst2_small):
-    """Issue 6, fault 4 (and "real services outside Docker"): the MLflow server is SIGKILLed once
+    """A real MLflow server outside Docker is SIGKILLed once
     a trial has reported, stays down ~8 s and comes back on the same port. The study does not crash;
     the buffered writes arrive: every child run holds all of its trial's evaluations (count and
     steps equal Ray's results), no run is left RUNNING, and the parent run, its metrics, the best
@@ -513,7 +266,7 @@ def test_mlflow_server_outage_is_buffered(tmp_path, tiny_bert, sst2_small):
         assert reg, "best adapter not registered"
         version = client.get_model_version(reg["name"], reg["version"])
         best_run = next(r for r in fig["children"] if r.data.tags["ray_trial_id"] == summary["best"]["trial_id"])
-        assert version.run_id == best_run.info.run_id and version.status == "READY", version  # the best trial's own run (#15)
+        assert version.run_id == best_run.info.run_id and version.status == "READY", version  # the best trial's own run
         assert version.tags.get("trial_id") == summary["best"]["trial_id"]
         assert client.get_registered_model(reg["name"]).name == reg["name"]
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "best_adapter")}
@@ -527,12 +280,12 @@ def test_mlflow_server_outage_is_buffered(tmp_path, tiny_bert, sst2_small):
           f"wall {end - t0:.0f}s; rc 0")
 
 
-# --------------------------------------------------------------------------- issue 6 fault 5
+# --------------------------------------------------------------------------- checkpoint disk
 
 
 @pytest.mark.slow
 def test_checkpoint_disk_is_bounded(tmp_path, tiny_bert, sst2_small):
-    """Issue 6, fault 5: disk per study is bounded by ``storage.checkpoints_to_keep``.
+    """Disk per study is bounded by ``storage.checkpoints_to_keep``.
 
     Stated bound: every trial dir holds at most ``checkpoints_to_keep + 1 = 3`` checkpoints (Ray
     keeps the best ``num_to_keep`` = 2 by accuracy and never deletes the latest, which is what a
@@ -575,29 +328,15 @@ def test_checkpoint_disk_is_bounded(tmp_path, tiny_bert, sst2_small):
         print(f"  {tid}: {k} ckpts {b:>9,} B  {e:>2} evals  {p:>6,} params")
 
 
-# --------------------------------------------------------------------------- issue 18
+# --------------------------------------------------------------------------- concurrent starts, torn checkpoints, a full disk
 
 
 TWO_AT_ONCE = ["--set", "train.epochs=5", "--set", "asha.enabled=false", "--set", "search.data.size.choice=[600]",
                "--cpus-per-trial", "0.5"]  # 2 trials side by side even on one core, 36 evaluations each
 
 
-def checkpoints_on_disk(experiment: Path, tid: str) -> dict[str, int]:
-    """Checkpoint dir name -> samples_seen it was reported with, for this trial's checkpoints on disk."""
-    rows = trial_results(experiment).get(tid, [])
-    at = {r["checkpoint_dir_name"]: r["samples_seen"] for r in rows if r.get("checkpoint_dir_name")}
-    return {p.name: at[p.name] for p in (experiment / f"trial_{tid}").glob("checkpoint_*") if p.name in at}
-
-
-def first_after_restart(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first result of the trial's last (re)start (``iterations_since_restore`` 1 again)."""
-    starts = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1]
-    assert len(starts) >= 2, f"the trial never restarted: {[r['samples_seen'] for r in rows]}"
-    return rows[starts[-1]]
-
-
 def test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints(tmp_path, tiny_bert, sst2_small):
-    """Issue 18, items 4 and 2, on one study.
+    """Two drivers starting the same study, then a crash with a torn checkpoint, on one study.
 
     Two drivers start the same new study at the same moment on a fresh store: one runs it, the
     other stops with one line (before: both were accepted — one directory, two experiment states,
@@ -682,26 +421,8 @@ def test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints(tmp_
           f"{fig['rereports']} re-reported evaluations")
 
 
-def _mount_tmpfs(d: Path, size: str) -> bool:
-    d.mkdir(parents=True, exist_ok=True)
-    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
-                                                capture_output=True).returncode == 0
-
-
-def _fill(d: Path) -> int:
-    """Write a filler file into ``d`` until the disk is full; returns its size."""
-    chunk = b"\0" * 65536
-    with open(d / "filler", "wb", buffering=0) as f:
-        try:
-            while f.write(chunk):
-                pass
-        except OSError:  # ENOSPC: full
-            pass
-    return (d / "filler").stat().st_size
-
-
 def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, tiny_bert, sst2_small):
-    """Issue 18, item 1: storage runs out of space mid-study. The study stops at once with one
+    """Storage runs out of space mid-study. The study stops at once with one
     line (which file, how much space, what to run), every stored file is intact (an old or a new
     version, never torn), and after space is freed ``--resume`` finishes the *same* study — every
     trial with the stored fixed config (before: fixed keys back at their defaults) — and a second
@@ -712,7 +433,7 @@ def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, ti
     the driver and Ray's workers by ``tests/study/enospc_site/sitecustomize.py``)."""
     n, name = 2, "full"
     small = tmp_path / "small"
-    mounted = _mount_tmpfs(small, "64m")
+    mounted = mount_tmpfs(small, "64m")
     home, log, flag = small / "st", tmp_path / "full.log", tmp_path / "disk-full"
     home.mkdir(parents=True)
     env = {} if mounted else {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "enospc_site"), str(ROOT)]),
@@ -722,7 +443,7 @@ def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, ti
         try:
             wait_for(lambda: has_checkpoint(home / name), proc, log, 600, "the first checkpoint", poll=0.05)
             config_before = json.loads((home / name / "study.json").read_text())["config"]
-            filled = _fill(small) if mounted else flag.touch()
+            filled = fill(small) if mounted else flag.touch()
             rc = proc.wait(timeout=600)
         finally:
             kill_session(proc.pid)
@@ -767,7 +488,7 @@ def test_full_disk_stops_cleanly_and_resume_finishes_the_same_study(tmp_path, ti
 
 
 def test_fresh_sqlite_store_first_use_is_serialized(tmp_path):
-    """Issue 18, item 4: two studies starting at once on a fresh sqlite MLflow store both ran
+    """Two studies starting at once on a fresh sqlite MLflow store both ran
     MLflow's schema migrations; the loser crashed with ``duplicate column name: step``. The
     runner's first use (``check_tracking``) holds a lock beside the database."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -8,6 +8,7 @@ import pytest
 
 from study.run import main
 from tests.conftest import ROOT, run_study, tiny_study_args
+from tests.study.drivers import Listener, free_port
 
 QUICK = str(ROOT / "study" / "configs" / "sst2-quick.yaml")
 
@@ -49,40 +50,7 @@ def test_bad_input_fails_before_ray(argv, needle, capsys, tmp_path, monkeypatch,
     assert not ray.is_initialized()
 
 
-# --------------------------------------------------------------------------- issue 18: hostile and broken input
-
-
-class Listener:
-    """A loopback HTTP server that answers every request with ``status`` and records its headers."""
-
-    def __init__(self, status: int):
-        import http.server
-        import threading
-
-        self.requests: list[dict[str, str]] = []
-        seen, code = self.requests, status
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self):
-                seen.append(dict(self.headers))
-                body = b"<html>401 Unauthorized</html>" if code == 401 else b"{}"
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+# --------------------------------------------------------------------------- hostile and broken input
 
 
 def _data_dir(root: Path, name: str, train: str, dev: str = "sentence\tlabel\ngood film\t1\nbad film\t0\n", ext: str = "tsv") -> str:
@@ -105,16 +73,8 @@ def _plant_study(root: Path, name: str, **record) -> Path:
     return d
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _bad18(ctx) -> list[tuple[str, list[str], str]]:
-    """(id, argv, what the one-line error must say): every row of issue 18's hostile/broken input."""
+def _hostile_rows(ctx) -> list[tuple[str, list[str], str]]:
+    """(id, argv, what the one-line error must say): every hostile or broken input the runner must refuse."""
     t, root = ctx.tmp, str(ctx.tmp)
     new = ["--config", QUICK, "--storage", root]
     _plant_study(t, "planted")
@@ -145,43 +105,43 @@ def _bad18(ctx) -> list[tuple[str, list[str], str]]:
         ("num-samples on resume", ["--name", "planted", "--resume", "--storage", root, "--num-samples", "20"],
          "--num-samples 20: a resumed study keeps its stored study.num_samples=12"),
         ("study already running", ["--name", "planted", "--resume", "--storage", root], "study 'planted' is already running (pid"),
-        ("MLflow unreachable", [*new, "--tracking-uri", f"http://127.0.0.1:{_free_port()}"], "is unreachable"),
+        ("MLflow unreachable", [*new, "--tracking-uri", f"http://127.0.0.1:{free_port()}"], "is unreachable"),
         ("MLflow 401", [*new, "--tracking-uri", ctx.listener_401.uri], "answered 401 Unauthorized"),
         ("credentials to a study's URI", ["--name", "foreign", "--resume", "--storage", root],
          f"records MLflow at {ctx.creds_listener.uri} but you did not name it"),
     ]
 
 
-BAD18_IDS = ["resume ../ name", "300-char name", "all texts empty", "missing texts", "NaN labels", "empty labels",
-             "duplicate columns", "mistyped data path", "mistyped model path", "empty search block",
-             "num-samples on resume", "study already running", "MLflow unreachable", "MLflow 401",
-             "credentials to a study's URI"]
+HOSTILE_IDS = ["resume ../ name", "300-char name", "all texts empty", "missing texts", "NaN labels", "empty labels",
+               "duplicate columns", "mistyped data path", "mistyped model path", "empty search block",
+               "num-samples on resume", "study already running", "MLflow unreachable", "MLflow 401",
+               "credentials to a study's URI"]
 
 
 @pytest.fixture(scope="module")
-def bad18(tmp_path_factory):
+def hostile(tmp_path_factory):
     import types
 
-    ctx = types.SimpleNamespace(tmp=tmp_path_factory.mktemp("bad18") / "studies", listener_401=Listener(401),
+    ctx = types.SimpleNamespace(tmp=tmp_path_factory.mktemp("hostile") / "studies", listener_401=Listener(401),
                                 creds_listener=Listener(200))
     ctx.tmp.mkdir()
     ctx.empty_search = ctx.tmp.parent / "empty-search.yaml"
     ctx.empty_search.write_text(Path(QUICK).read_text().split("search:")[0] + "search:\nstudy:\n  num_samples: 2\n")
-    ctx.rows = {row[0]: row for row in _bad18(ctx)}
-    assert sorted(ctx.rows) == sorted(BAD18_IDS)
+    ctx.rows = {row[0]: row for row in _hostile_rows(ctx)}
+    assert sorted(ctx.rows) == sorted(HOSTILE_IDS)
     yield ctx
     ctx.listener_401.close()
     ctx.creds_listener.close()
 
 
-@pytest.mark.parametrize("row", BAD18_IDS)
-def test_hostile_and_broken_input_is_one_line_before_ray(row, bad18, capsys, monkeypatch, sst2):
-    """Issue 18: every row fails before Ray starts, fast, with one ``error:`` line saying what."""
+@pytest.mark.parametrize("row", HOSTILE_IDS)
+def test_hostile_and_broken_input_is_one_line_before_ray(row, hostile, capsys, monkeypatch, sst2):
+    """Every row fails before Ray starts, fast, with one ``error:`` line saying what."""
     import ray
 
-    _, argv, needle = bad18.rows[row]
-    monkeypatch.chdir(bad18.tmp)  # relative paths (data/…, models/…) resolve here, where data/ and models/ exist
-    monkeypatch.setenv("LORA_STUDY_HOME", str(bad18.tmp))
+    _, argv, needle = hostile.rows[row]
+    monkeypatch.chdir(hostile.tmp)  # relative paths (data/…, models/…) resolve here, where data/ and models/ exist
+    monkeypatch.setenv("LORA_STUDY_HOME", str(hostile.tmp))
     monkeypatch.setenv("LORA_STUDY_DATA", str(sst2))
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         monkeypatch.delenv(var, raising=False)
@@ -192,7 +152,7 @@ def test_hostile_and_broken_input_is_one_line_before_ray(row, bad18, capsys, mon
     if row == "study already running":  # another driver holds the study's lock (README: .NAME.lock beside the study)
         import fcntl
 
-        held = open(bad18.tmp / ".planted.lock", "a+")
+        held = open(hostile.tmp / ".planted.lock", "a+")
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 1 on elsewhere")
         held.flush()
@@ -208,7 +168,7 @@ def test_hostile_and_broken_input_is_one_line_before_ray(row, bad18, capsys, mon
     if row.startswith("mistyped"):
         assert elapsed < 10, f"{row}: {elapsed:.1f}s (a hub id is retried for ~30 s offline)"
     if row == "credentials to a study's URI":
-        assert bad18.creds_listener.requests == [], "credentials went to the URI a study.json named"
+        assert hostile.creds_listener.requests == [], "credentials went to the URI a study.json named"
 
 
 def test_existing_name_without_resume_is_refused(tiny_study, capsys):
@@ -266,7 +226,7 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
         assert [m.step for m in hist] == [h["samples_seen"] for h in row["history"]]
     assert client.get_run(record["parent_run_id"]).info.status == "FINISHED"
 
-    # the registered best adapter (mean pooling): stock PEFT refuses it (issue #16), with the
+    # the registered best adapter (mean pooling): stock PEFT refuses it, with the
     # model card's use_mean_pooling it loads and predicts
     mlflow.set_tracking_uri(record["tracking_uri"])
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/lora-study-e2e/1", dst_path=str(tmp_path / "dl")))
@@ -290,7 +250,7 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
 
 
 def test_undelivered_mlflow_operations_are_a_nonzero_exit(tmp_path, monkeypatch, capsys):
-    """Issue 18, item 6: MLflow down at the end used to look like success (exit 0, a normal
+    """MLflow down at the end used to look like success (exit 0, a normal
     summary) while operations were "NOT delivered" and nothing was registered. The study still
     prints its summary, then one line saying what MLflow lacks and what to run, and exits 3.
     (Tuner and MLflow replaced by stand-ins: this is the runner's end-of-study decision.)"""

@@ -1,5 +1,5 @@
 """Broken data is refused with one line naming file, column and rows; an overlong text is cut
-before it reaches the tokenizer (issue 18, item 5). The same rows through ``python -m study.run``
+before it reaches the tokenizer. The same rows through ``python -m study.run``
 are in ``tests/study/test_run.py::test_hostile_and_broken_input_is_one_line_before_ray``."""
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def test_a_label_named_none_is_a_label(tmp_path):
 
 
 def test_an_overlong_text_is_cut_before_tokenizing(tmp_path, caplog):
-    """A 20 MB single-line text (the issue's was 50 MB: 90 s and 7 GB to tokenize in every trial
-    process) is cut to 100 x data.max_length characters, with a warning saying how many."""
+    """A 20 MB single-line text (a reported 50 MB one took 90 s and 7 GB to tokenize in every
+    trial process) is cut to 100 x data.max_length characters, with a warning saying how many."""
     huge = "long " * 4_000_000
     train = pd.DataFrame({"sentence": ["short one", huge, "short two", "short three"], "label": [0, 1, 0, 1]})
     path = _write(tmp_path, "csv", train)

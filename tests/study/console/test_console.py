@@ -16,8 +16,9 @@ from study.console.labels import legend, short_values, trial_label
 from study.console.progress import ProgressView
 from tests.conftest import ROOT
 
-#: The issue's budget for the quick study; the tiny study (6 trials, an evaluation every 100 of
-#: up to 600 samples: up to 36 evaluations) must keep it too.
+#: The console budget of the quick study (.ci/run checks it on the README's first command); the
+#: tiny study (6 trials, an evaluation every 100 of up to 600 samples: up to 36 evaluations) must
+#: keep it too.
 MAX_STDOUT, MAX_STDERR = 80, 5
 
 

@@ -1,6 +1,7 @@
 """``RepairCheckpointRecords`` (study/storage/repair.py) on hand-made trials: which checkpoint a trial
-resumes from after a driver crash or a trial restart (issue 18, item 2). The end-to-end version
-(real SIGKILL, real torn file) is ``test_resume_faults.test_resume_after_sigkill_continues_from_checkpoints``."""
+resumes from after a driver crash or a trial restart (a checkpoint that is gone, torn, or beyond the
+trial's stored history is skipped). The end-to-end version (real SIGKILL, real torn file) is
+``tests/study/test_resume_faults.py::test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints``."""
 
 from __future__ import annotations
 
@@ -138,3 +139,50 @@ def test_a_torn_checkpoint_newer_than_the_snapshot_is_set_aside_and_said(tmp_pat
     assert lines[0].endswith(f"(driver crash); resuming from {results[1].checkpoint.path}."), lines
     torn = Path(results[2].checkpoint.path)
     assert not torn.exists() and (torn.parent / f".torn-{torn.name}").is_dir()
+
+
+# --------------------------------------------------------------------------- which checkpoint, against the stored history
+
+
+# (stored history's samples_seen, checkpoints (samples_seen, exists), latest, status, expected latest after repair)
+REPAIR_CASES = [
+    ("history reaches latest", [100, 200, 300], [(100, True), (300, True)], 300, "PENDING", 300),
+    ("latest ahead of history", [100, 200, 312], [(200, True), (500, True)], 500, "PENDING", 200),
+    ("ahead, nothing older", [100, 200, 312], [(500, True)], 500, "PENDING", None),
+    ("latest gone", [100, 200, 300, 400], [(200, True), (300, True), (400, False)], 400, "PENDING", 300),
+    ("torn last row ignored", [100, 200, "torn"], [(200, True), (300, True)], 300, "PENDING", 200),
+    ("no result.json", None, [(100, True)], 100, "PENDING", None),
+    ("finished trials untouched", [100], [(100, True), (500, True)], 500, "TERMINATED", 500),
+]
+
+
+@pytest.mark.parametrize("case,rows,ckpts,latest,status,expected", REPAIR_CASES, ids=[c[0] for c in REPAIR_CASES])
+def test_repair_resumes_only_from_checkpoints_the_history_reaches(case, rows, ckpts, latest, status, expected, tmp_path):
+    """``RepairCheckpointRecords`` after a crash: the latest checkpoint must exist and must not be
+    beyond the trial's stored ``result.json`` (else evaluations in between would never be stored)."""
+    from types import SimpleNamespace as NS
+
+    fs = pyarrow.fs.LocalFileSystem()
+    records = {}
+    for seen, exists in ckpts:
+        d = tmp_path / f"checkpoint_{seen}"
+        if exists:
+            d.mkdir()
+        records[seen] = NS(metrics={"samples_seen": seen, "training_iteration": seen // 100},
+                           checkpoint=Checkpoint(str(d), filesystem=fs) if exists else NS(filesystem=fs, path=str(d)))
+    trial_dir = tmp_path / "trial"
+    trial_dir.mkdir()
+    if rows is not None:
+        (trial_dir / "result.json").write_text(
+            "".join('{"samples_se' if r == "torn" else json.dumps({"samples_seen": r, "accuracy": 0.5}) + "\n" for r in rows))
+    manager = NS(_latest_checkpoint_result=records[latest], _checkpoint_results=list(records.values()))
+    # the history is read from storage (``trial.path``); the crashed run's session dir is gone
+    trial = NS(trial_id="t1", status=status, path=str(trial_dir), local_path=str(tmp_path / "gone"),
+               storage=NS(storage_filesystem=fs), run_metadata=NS(checkpoint_manager=manager))
+    repair = RepairCheckpointRecords(verify=lambda d: None)  # empty dirs stand for intact checkpoints here
+    repair.on_step_begin(0, [trial])
+    got = manager._latest_checkpoint_result
+    assert (got.metrics["samples_seen"] if got else None) == expected
+    assert all(Path(r.checkpoint.path).exists() for r in manager._checkpoint_results)
+    repair.on_step_begin(1, [trial])  # once per driver: later steps never touch a trial again
+    assert manager._latest_checkpoint_result is got

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from study.deploy import evaluate, predict
-from tests.study.test_export import ROOT, assert_one_line_error, exported, run_cli, summary  # noqa: F401  (exported is a fixture)
+from tests.conftest import ROOT
+from tests.study.drivers import assert_one_line_error, run_cli, summary
 from trainables import load_classifier
 from trainables.data import read_table
 
@@ -164,7 +165,7 @@ def run_dir(tiny_study, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("which", ["run", "run/last"])
 def test_predict_and_evaluate_load_a_trainable_checkpoint(which, run_dir, exported, clf, sst2_small, capsys):
-    """``trainables.loop --out`` output (issue #16: "no tokenizer" before): the tokenizer is the
+    """``trainables.loop --out`` output (before: "no tokenizer"): the tokenizer is the
     base model's; same predictions and scores as the export of the same checkpoint."""
     model = run_dir if which == "run" else run_dir / "last"
     rc, out, err = run_cli(predict, ["--model", model, "--json", *TEXTS], capsys)

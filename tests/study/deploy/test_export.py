@@ -19,43 +19,10 @@ import numpy as np
 import pytest
 
 from study.deploy import export
+from tests.conftest import ROOT
+from tests.study.drivers import assert_one_line_error, run_cli, summary
 from trainables import META_FILE, load_classifier, portable_base_model
 from trainables.data import read_table
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(mod, argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = mod.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc: int, err: str, expected: str) -> None:
-    assert rc == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0], lines[0]
-    assert "Traceback" not in err
-
-
-def summary(home: Path, name: str = "tiny") -> dict:
-    return json.loads((home / name / "summary.json").read_text())
-
-
-_EXPORTS: dict[str, Path] = {}
-
-
-@pytest.fixture(scope="session")
-def exported(tiny_study, tmp_path_factory) -> Path:
-    """The tiny study's best trial exported with ``--merge``; test_predict_evaluate imports this
-    fixture, which gives it a second definition, hence the cache: one export per session."""
-    name, home = tiny_study
-    if str(home) not in _EXPORTS:
-        out = tmp_path_factory.mktemp("export") / "best"
-        assert export.main(["--study", name, "--storage", str(home), "--out", str(out), "--merge"]) == 0
-        _EXPORTS[str(home)] = out
-    return _EXPORTS[str(home)]
 
 
 def dev_data(sst2_small: Path) -> tuple[list[str], np.ndarray]:
@@ -296,7 +263,7 @@ def test_mean_pooling_export_loads_everywhere_with_the_same_logits(mean_export, 
 
 def test_stock_peft_refuses_a_mean_pooling_export(mean_export, tiny_st_bert):
     """Without ``use_mean_pooling`` a stock head would read the [CLS] pooler the adapter was not
-    trained on (chance-level predictions, no error, before issue #16): now both stock PEFT
+    trained on (before: chance-level predictions, no error): now both stock PEFT
     loaders stop with the error the card names."""
     from peft import AutoPeftModelForSequenceClassification, PeftModel
     from transformers import AutoModelForSequenceClassification
@@ -344,7 +311,7 @@ def test_export_of_a_trainable_checkpoint_dir(tiny_study, exported, tmp_path, ca
 
 
 def test_registered_version_is_the_best_trials_run(tiny_study):
-    """#15: the version's source run is the best trial's child run; metadata and alias travel with it."""
+    """The version's source run is the best trial's child run; metadata and alias travel with it."""
     from mlflow import MlflowClient
 
     name, home = tiny_study

@@ -1,5 +1,4 @@
-"""A study directory must not run code for read-only commands, nor lead outside the studies root
-(issue 18, item 3).
+"""A study directory must not run code for read-only commands, nor lead outside the studies root.
 
 Planted payloads are pickles that create a marker file when unpickled. ``study.export`` and
 ``dashboards.report`` must never load them — neither Ray's ``*.pkl`` files nor the cloudpickle
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.study.test_run import Listener
+from tests.study.drivers import Listener
 
 #: Trial fields Ray stores as hex-encoded pickles (``Trial._nonjson_fields``), beside the
 #: ``CLOUDPICKLE_FALLBACK`` blobs of ``TuneFunctionEncoder``.

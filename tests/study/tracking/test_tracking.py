@@ -35,16 +35,7 @@ from study.tracking.runs import (
 )
 from study.tracking.tracker import MLflowTracker
 from tests.conftest import ROOT
-from tests.study.test_searcher import (  # noqa: F401  (ray_local is a fixture)
-    MAX_T,
-    POINTS,
-    SPACE,
-    InterruptOnce,
-    make_tuner,
-    ray_local,
-    resume,
-    was_pruned,
-)
+from tests.study.harness import MAX_T, POINTS, SPACE, InterruptOnce, make_tuner, resume, was_pruned
 
 
 @pytest.fixture(scope="module")

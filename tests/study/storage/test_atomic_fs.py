@@ -1,6 +1,6 @@
 """``study.storage.atomic_fs``: a write that runs out of space fails at once and never replaces a good file.
 
-Issue 18, item 1: writing 4 MB with 2 MB free replaced a good file with a 2,093,056-byte one and
+Before: writing 4 MB with 2 MB free replaced a good file with a 2,093,056-byte one and
 raised nothing. Here the full disk is a real tmpfs when this process may mount one, else the raw
 write is replaced by one that writes part of its buffer and then fails with ENOSPC (what a
 nearly full disk does).

@@ -1,4 +1,4 @@
-"""A real export of the embedded MiniLM, loaded every way a user loads it (issue #16).
+"""A real export of the embedded MiniLM, loaded every way a user loads it.
 
 The fixture trains a small real adapter (``python -m trainables.loop --out``, 600 SST-2
 sentences, mean pooling as the embedded MiniLM's default), exports it with ``--merge``, registers
@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,10 +38,11 @@ import pandas as pd
 import pytest
 
 from study.deploy import export, registry
+from tests.conftest import ROOT
+from tests.study.drivers import free_port
 from trainables import META_FILE, load_classifier
 from trainables.data import read_table
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "lora-study-real"  # the registered model, as study.run names it: lora-study-<study>
 
 
@@ -170,7 +170,7 @@ def card_recipe():  # as the export's README.md writes it
     return PeftModel.from_pretrained(use_mean_pooling(labelled), export)
 
 results = {
-    "stock-peft": run(lambda: PeftModel.from_pretrained(base(), export)),  # the issue's line
+    "stock-peft": run(lambda: PeftModel.from_pretrained(base(), export)),  # plain PEFT: what a user tries first
     "auto-peft": run(lambda: AutoPeftModelForSequenceClassification.from_pretrained(export)),
     "card-recipe": run(card_recipe),
     "merged-remote-code": run(lambda: AutoModelForSequenceClassification.from_pretrained(export + "/merged", trust_remote_code=True)),
@@ -244,7 +244,7 @@ def test_study_predict_cli_on_the_copied_export_and_on_the_training_checkpoint(r
 
 @pytest.mark.slow
 def test_registered_version_is_the_best_trials_run_with_its_metadata(real):
-    """#15: the version's source run is the best trial's own run; description, hyperparameters,
+    """The version's source run is the best trial's own run; description, hyperparameters,
     metrics, the study and the alias ``best`` travel with it."""
     from mlflow import MlflowClient
 
@@ -336,12 +336,6 @@ def readme_serving_commands() -> tuple[str, str]:
     return " ".join(serve.split()), " ".join(curl.split())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _substitute(cmd: str, real, port: int) -> str:
     return (cmd.replace("sqlite:///studies/mlflow.db", real.registry.tracking_uri).replace("lora-study-NAME", NAME)
             .replace(".venv/bin", str(Path(sys.executable).parent)).replace("5001", str(port)))
@@ -351,7 +345,7 @@ def _substitute(cmd: str, real, port: int) -> str:
 def server(real, tmp_path_factory):
     """The README's serve command on a free 127.0.0.1 port; waits (bounded) for /ping, always killed."""
     serve, _ = readme_serving_commands()
-    port = _free_port()
+    port = free_port()
     cmd = _substitute(serve, real, port)
     assert "--env-manager local" in cmd and "@best" in cmd
     log = tmp_path_factory.mktemp("serve") / "serve.log"

@@ -1,26 +1,19 @@
 """study.search (tpe + asha): ASHA-stopped trials reach Optuna as PRUNED, across Tuner.restore too.
 
-The toy trainable is pure Python: accuracy = x * s / (s + 20) at s = samples_seen, so the
-ranking at every ASHA rung is the ranking by ``x`` and the ground truth is known: a trial
-was pruned iff it stopped before its own natural end (``n_reports * 10`` samples).
-Trials run one at a time (``max_concurrent=1``) so rung decisions are deterministic.
+The Tuner tests run the toy trainable of ``tests.study.harness``, whose ranking at every rung and
+whose ground truth (pruned iff stopped before its own natural end) are known.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import signal
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
-import pytest
-import ray
 from optuna.trial import TrialState
-from ray import tune
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
@@ -29,106 +22,7 @@ from ray.tune.search.search_generator import SearchGenerator
 from study.search.asha import SchedulerStateCallback, make_scheduler
 from study.search.journal import get_optuna_study, load_optuna_study, save_optuna_study
 from study.search.tpe import PrunedFeedbackOptunaSearch, make_searcher
-
-MAX_T = 80
-SPACE = {"x": tune.uniform(0.0, 1.0), "n_reports": tune.choice([3, 8])}
-# A: full budget (ASHA's own STOP at max_t), B: strongest but finishes naturally at 30 < max_t,
-# C: fails once (restore test) -- the rest are TPE suggestions, mostly pruned by A and B.
-POINTS = [{"x": 0.9, "n_reports": 8}, {"x": 1.0, "n_reports": 3}, {"x": 0.95, "n_reports": 8}]
-
-
-def accuracy(x: float, samples: int) -> float:
-    return x * samples / (samples + 20)
-
-
-def toy_trainable(config: dict) -> None:
-    """Reports ``n_reports`` times (10 samples each), checkpointing every report."""
-    start = 0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            start = int(Path(d, "i").read_text())
-    fail_mark = Path(config["mark_dir"], f"failed_{config['x']}")
-    for i in range(start + 1, config["n_reports"] + 1):
-        if config["x"] == config.get("fail_once_x") and i == 3 and not fail_mark.exists():
-            fail_mark.touch()
-            raise RuntimeError("injected failure")
-        samples = i * 10
-        acc = accuracy(config["x"], samples)
-        with tempfile.TemporaryDirectory() as d:
-            Path(d, "i").write_text(str(i))
-            tune.report(
-                {"accuracy": acc, "f1": acc, "eval_loss": 1 - acc, "samples_seen": samples, "epoch": i / 8},
-                checkpoint=tune.Checkpoint.from_directory(d),
-            )
-
-
-class InterruptOnce(tune.Callback):
-    """Ctrl-C-like stop after ``after`` results (SIGUSR1 is Tune's graceful-stop signal).
-
-    The marker file keeps the copy restored from ``tuner.pkl`` from firing again.
-    """
-
-    def __init__(self, marker: Path, after: int) -> None:
-        self.marker, self.after, self.seen = str(marker), after, 0
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.seen += 1
-        if self.seen >= self.after and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def make_tuner(tmp_path: Path, searcher, scheduler, num_samples: int, callbacks=(), fail_once_x=None):
-    return tune.Tuner(
-        toy_trainable,
-        param_space={"mark_dir": str(tmp_path), "fail_once_x": fail_once_x},
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=num_samples, reuse_actors=True
-        ),
-        run_config=tune.RunConfig(
-            storage_path=str(tmp_path / "ray"),
-            name="exp",
-            verbose=0,
-            callbacks=[SchedulerStateCallback(scheduler), *callbacks],
-        ),
-    )
-
-
-def final_results(grid) -> dict[str, dict]:
-    """trial_id -> {config, samples (reported series), acc (series)} from a ResultGrid."""
-    out = {}
-    for r in grid:
-        df = r.metrics_dataframe
-        out[r.metrics["trial_id"]] = {
-            "config": r.config,
-            "samples": [int(s) for s in df["samples_seen"]] if df is not None else [],
-            "acc": list(df["accuracy"]) if df is not None else [],
-            "error": r.error,
-        }
-    return out
-
-
-def resume(path: str) -> dict[str, dict]:
-    """``Tuner.restore`` the way the study runner does, run to the end, return final_results."""
-    tuner = tune.Tuner.restore(path, toy_trainable, resume_unfinished=True, restart_errored=True)
-    return final_results(tuner.fit())
-
-
-def was_pruned(info: dict) -> bool:
-    """Ground truth: stopped before its own natural end."""
-    return bool(info["samples"]) and info["samples"][-1] < info["config"]["n_reports"] * 10
-
+from tests.study.harness import MAX_T, POINTS, SPACE, InterruptOnce, final_results, make_tuner, resume, was_pruned
 
 # --------------------------------------------------------------------------------------------
 # Unit level: no Tuner
@@ -307,53 +201,3 @@ def test_resume_after_interrupt_and_restart_errored(ray_local, tmp_path):
         expected = TrialState.PRUNED if was_pruned(info) else TrialState.COMPLETE
         assert by_id[tid].state == expected, (tid, info["samples"])
     assert any(was_pruned(info) for info in third.values())
-
-
-# (stored history's samples_seen, checkpoints (samples_seen, exists), latest, status, expected latest after repair)
-REPAIR_CASES = [
-    ("history reaches latest", [100, 200, 300], [(100, True), (300, True)], 300, "PENDING", 300),
-    ("latest ahead of history", [100, 200, 312], [(200, True), (500, True)], 500, "PENDING", 200),
-    ("ahead, nothing older", [100, 200, 312], [(500, True)], 500, "PENDING", None),
-    ("latest gone", [100, 200, 300, 400], [(200, True), (300, True), (400, False)], 400, "PENDING", 300),
-    ("torn last row ignored", [100, 200, "torn"], [(200, True), (300, True)], 300, "PENDING", 200),
-    ("no result.json", None, [(100, True)], 100, "PENDING", None),
-    ("finished trials untouched", [100], [(100, True), (500, True)], 500, "TERMINATED", 500),
-]
-
-
-@pytest.mark.parametrize("case,rows,ckpts,latest,status,expected", REPAIR_CASES, ids=[c[0] for c in REPAIR_CASES])
-def test_repair_resumes_only_from_checkpoints_the_history_reaches(case, rows, ckpts, latest, status, expected, tmp_path):
-    """``RepairCheckpointRecords`` after a crash: the latest checkpoint must exist and must not be
-    beyond the trial's stored ``result.json`` (else evaluations in between would never be stored)."""
-    import json
-    from types import SimpleNamespace as NS
-
-    import pyarrow.fs
-    from ray.tune import Checkpoint
-
-    from study.storage.repair import RepairCheckpointRecords
-
-    fs = pyarrow.fs.LocalFileSystem()
-    records = {}
-    for seen, exists in ckpts:
-        d = tmp_path / f"checkpoint_{seen}"
-        if exists:
-            d.mkdir()
-        records[seen] = NS(metrics={"samples_seen": seen, "training_iteration": seen // 100},
-                           checkpoint=Checkpoint(str(d), filesystem=fs) if exists else NS(filesystem=fs, path=str(d)))
-    trial_dir = tmp_path / "trial"
-    trial_dir.mkdir()
-    if rows is not None:
-        (trial_dir / "result.json").write_text(
-            "".join('{"samples_se' if r == "torn" else json.dumps({"samples_seen": r, "accuracy": 0.5}) + "\n" for r in rows))
-    manager = NS(_latest_checkpoint_result=records[latest], _checkpoint_results=list(records.values()))
-    # the history is read from storage (``trial.path``); the crashed run's session dir is gone
-    trial = NS(trial_id="t1", status=status, path=str(trial_dir), local_path=str(tmp_path / "gone"),
-               storage=NS(storage_filesystem=fs), run_metadata=NS(checkpoint_manager=manager))
-    repair = RepairCheckpointRecords(verify=lambda d: None)  # empty dirs stand for intact checkpoints here
-    repair.on_step_begin(0, [trial])
-    got = manager._latest_checkpoint_result
-    assert (got.metrics["samples_seen"] if got else None) == expected
-    assert all(Path(r.checkpoint.path).exists() for r in manager._checkpoint_results)
-    repair.on_step_begin(1, [trial])  # once per driver: later steps never touch a trial again
-    assert manager._latest_checkpoint_result is got

@@ -1,7 +1,7 @@
 """Where a study's output goes: the project's own warnings and errors on stderr, one line each;
 every library's log records, warnings and stray stderr text in ``<study dir>/study.log``.
 
-Why: a 3-trial study used to print MLflow's database migrations, its model-logging warnings,
+Why: left alone, a 3-trial study prints MLflow's database migrations, its model-logging warnings,
 Ray's start-up messages, "Checkpoint successfully created" once per evaluation, a tqdm download
 bar and Optuna's "A new study created in memory" on stderr — 43 lines in which a real problem
 would not be seen. They are kept, in the log file, for when something does go wrong. The progress
@@ -158,7 +158,7 @@ def stderr_to_log(path: str | os.PathLike[str] | None) -> Iterator[None]:
 
 def quiet_worker_exit() -> None:
     """Ray worker setup hook (``runtime_env["worker_process_setup_hook"]``): a trial worker that
-    Ray stops with SIGTERM while the garbage collector runs used to print "Exception ignored in:
+    Ray stops with SIGTERM while the garbage collector runs prints "Exception ignored in:
     <function WeakSet…_remove>" and an eight-line ``SystemExit: 1`` traceback, forwarded to the
     driver's stderr after the study had finished (Ray's SIGTERM handler raises SystemExit, and
     Python reports exceptions raised inside GC callbacks through ``sys.unraisablehook``). A worker

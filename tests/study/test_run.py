@@ -250,9 +250,8 @@ def test_real_study_end_to_end(tmp_path, sst2_small):
 
 
 def test_undelivered_mlflow_operations_are_a_nonzero_exit(tmp_path, monkeypatch, capsys):
-    """MLflow down at the end used to look like success (exit 0, a normal
-    summary) while operations were "NOT delivered" and nothing was registered. The study still
-    prints its summary, then one line saying what MLflow lacks and what to run, and exits 3.
+    """MLflow down at the end is not a success: with operations "NOT delivered" and nothing
+    registered, the study still prints its summary, then one line saying what MLflow lacks and what to run, and exits 3.
     (Tuner and MLflow replaced by stand-ins: this is the runner's end-of-study decision.)"""
     import study.deploy.registry
     import study.run as run

@@ -8,7 +8,7 @@ it only through these names (an import-linter contract in ``pyproject.toml`` kee
   ``preflight`` (every trial a study may run can start, checked before Ray), ``verify_checkpoint``;
 * trained models: ``load_classifier``/``Classifier`` and the export format (``write_adapter``,
   ``finish_export`` …), so every loader answers exactly like the trial's own evaluation;
-* data files: ``read_table``, ``load_splits``, ``DataError``.
+* data files: ``read_table``, ``load_splits``, ``find_split``, ``LABELLED_FORMATS``, ``DataError``.
 
 Inside: ``config`` (typed, validated once), ``data`` (files → tokenized splits → batches),
 ``model`` (base model + PEFT LoRA), ``pooling`` (mean pooling), ``dropout`` (fast CPU dropout),
@@ -47,6 +47,8 @@ __all__ = [
     "read_table",
     "load_splits",
     "DataError",
+    "find_split",
+    "LABELLED_FORMATS",
 ]
 
 #: public name → (module, attribute), imported on first use
@@ -71,6 +73,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "read_table": ("data", "read_table"),
     "load_splits": ("data", "load_splits"),
     "DataError": ("data", "DataError"),
+    "find_split": ("data", "find_split"),
+    "LABELLED_FORMATS": ("data", "LABELLED_FORMATS"),
 }
 
 

@@ -41,9 +41,16 @@ __all__ = [
     "padding_efficiency",
     "prepare_data",
     "read_table",
+    "find_split",
+    "TABLE_FORMATS",
+    "LABELLED_FORMATS",
 ]
 
-_EXTS = (".tsv", ".csv", ".parquet", ".jsonl", ".json")
+#: Table formats by suffix → whether the format holds columns (texts and labels). The one list
+#: that reading, split discovery and error messages consult; a ``.txt`` file is one text per line.
+TABLE_FORMATS: dict[str, bool] = {".tsv": True, ".csv": True, ".parquet": True, ".jsonl": True, ".json": True, ".txt": False}
+#: The formats a labelled split (train, dev, a test file) can be in.
+LABELLED_FORMATS = tuple(s for s, columns in TABLE_FORMATS.items() if columns)
 
 
 class DataError(ConfigError):
@@ -88,27 +95,26 @@ class TrialData:
 
 
 def read_table(path: Path, text_column: str | None = None) -> Any:
-    """Read a tsv/csv/parquet/jsonl file into a pandas DataFrame (TSV read verbatim: SST-2 has
+    """Read a tsv/csv/parquet/jsonl/json file into a pandas DataFrame (TSV read verbatim: SST-2 has
     unbalanced quotes, so quoting is off). A bare ``.txt`` file is one text per line."""
     import pandas as pd
 
     suffix = path.suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise DataError(f"{path}: unsupported file type {suffix!r} (use one of {', '.join(TABLE_FORMATS)})")
     _check_unique_columns(path, suffix)
+    readers = {
+        ".tsv": lambda: pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False),
+        ".csv": lambda: pd.read_csv(path, keep_default_na=False),
+        ".parquet": lambda: pd.read_parquet(path),
+        ".jsonl": lambda: pd.read_json(path, lines=True),
+        ".json": lambda: pd.read_json(path),
+        ".txt": lambda: pd.DataFrame({text_column or "text": [ln.rstrip("\n") for ln in path.read_text().splitlines() if ln.strip()]}),
+    }
     try:
-        if suffix == ".tsv":
-            return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
-        if suffix == ".csv":
-            return pd.read_csv(path, keep_default_na=False)
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl")
-        if suffix == ".txt":
-            lines = [ln.rstrip("\n") for ln in path.read_text().splitlines() if ln.strip()]
-            return pd.DataFrame({text_column or "text": lines})
+        return readers[suffix]()
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
-    raise DataError(f"{path}: unsupported file type {suffix!r} (use one of {', '.join(_EXTS)})")
 
 
 def _header(path: Path, suffix: str) -> list[str]:
@@ -144,9 +150,10 @@ def _check_unique_columns(path: Path, suffix: str) -> None:
         raise DataError(f"{path}: duplicate column names {dups} (columns: {', '.join(names)}); rename them")
 
 
-def _find_split(directory: Path, names: Sequence[str]) -> Path | None:
+def find_split(directory: Path, names: Sequence[str]) -> Path | None:
+    """The first ``<name><suffix>`` in ``directory`` for ``names`` in order, in a labelled format."""
     for name in names:
-        for ext in _EXTS:
+        for ext in LABELLED_FORMATS:
             p = directory / f"{name}{ext}"
             if p.is_file():
                 return p
@@ -250,8 +257,8 @@ def load_splits(cfg: DataSection) -> RawSplits:
     """Load train and dev texts with integer label ids; every input problem is a ``DataError``."""
     path = Path(os.path.expanduser(resolve_data_path(cfg.path)))
     if path.is_dir():
-        train_p = _find_split(path, ["train"])
-        dev_p = _find_split(path, ["dev", "validation", "valid", "val"])
+        train_p = find_split(path, ["train"])
+        dev_p = find_split(path, ["dev", "validation", "valid", "val"])
         if train_p is None:
             raise DataError(f"{path}: no train.{{tsv,csv,parquet,jsonl}} in this directory")
         train_df = read_table(train_p)

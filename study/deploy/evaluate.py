@@ -28,11 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainables import ConfigError
+from trainables import LABELLED_FORMATS, ConfigError, find_split
 
 __all__ = ["main", "load_eval_data", "label_ids", "metrics"]
 
-_EXTS = (".tsv", ".csv", ".parquet", ".jsonl", ".json")
 _DEV_NAMES = ("dev", "validation", "valid", "val")
 
 
@@ -42,14 +41,6 @@ def _key(v: Any) -> str:
     if not isinstance(v, (bool, int, str)) and hasattr(v, "is_integer") and float(v).is_integer():
         v = int(v)
     return str(v)
-
-
-def _find(directory: Path, names: tuple[str, ...]) -> Path | None:
-    for name in names:
-        for ext in _EXTS:
-            if (directory / f"{name}{ext}").is_file():
-                return directory / f"{name}{ext}"
-    return None
 
 
 def _read_columns(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
@@ -86,13 +77,13 @@ def load_eval_data(data: str, split: str | None, text_column: str, label_column:
         raise ConfigError(f"--data {data}: no such file or directory")
     split = split or default_split(data)
     if path.is_dir():
-        if split in ("dev", "train") and _find(path, ("train",)) is not None:
+        if split in ("dev", "train") and find_split(path, ("train",)) is not None:
             pass  # load_splits below
         else:
-            f = _find(path, _DEV_NAMES if split == "dev" else (split,))
+            f = find_split(path, _DEV_NAMES if split == "dev" else (split,))
             if f is None:
                 raise ConfigError(f"--data {data}: no {split} file ({'/'.join(_DEV_NAMES) if split == 'dev' else split}"
-                                  f".{{{','.join(e[1:] for e in _EXTS)}}}) in this directory")
+                                  f".{{{','.join(e[1:] for e in LABELLED_FORMATS)}}}) in this directory")
             texts, labels = _read_columns(f, text_column, label_column)
             return texts, labels, str(f)
     elif split == "all":

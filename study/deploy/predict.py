@@ -23,7 +23,6 @@ from trainables import ConfigError
 
 __all__ = ["main", "read_texts"]
 
-_TABLES = (".csv", ".tsv", ".parquet", ".jsonl", ".json")
 
 
 def _lines(stream: TextIO | str) -> list[str]:
@@ -59,9 +58,9 @@ def read_texts(texts: list[str], file: str | None, text_column: str | None, trai
         path = Path(file).expanduser()
         if not path.is_file():
             raise ConfigError(f"--file {file}: no such file")
-        if path.suffix.lower() in _TABLES:
-            from trainables import read_table
+        from trainables import LABELLED_FORMATS, read_table
 
+        if path.suffix.lower() in LABELLED_FORMATS:
             df = read_table(path)
             col = _text_column(df, text_column, trained_column, str(path))
             out = ["" if v is None else str(v) for v in df[col].tolist()]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -317,6 +316,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     started_ray = _init_ray(address)
     t0 = time.time()
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
+    before = _trial_progress(paths.experiment)
     tuner, _ = _tuner(prep, parent)
     interrupted = False
     try:
@@ -324,12 +324,11 @@ def execute(prep: Prepared, address: str | None) -> int:
     except KeyboardInterrupt:
         interrupted, results = True, None
     except DiskFullError as e:
-        prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
+        _add_wall_time(prep, t0, before)
         _shutdown_ray(started_ray, log_path)
         return _stop_on_full_disk(prep, parent, e)
     _shutdown_ray(started_ray, log_path)
-    wall = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
-    prep.record["wall_s"] = wall
+    _add_wall_time(prep, t0, before)
     try:
         write_json(paths.study_json, prep.record)
     except OSError as e:
@@ -362,19 +361,30 @@ def execute(prep: Prepared, address: str | None) -> int:
     return EXIT_OK
 
 
-def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
-    """Log and register the best adapter — unless ``summary.json`` already names a registration
-    of this same checkpoint (``--resume`` of a finished study must not add a duplicate version)."""
-    from .deploy.registry import log_best_adapter
+def _trial_progress(experiment: str) -> dict[str, tuple[Any, Any]]:
+    """Each stored trial's status and training iteration (``{}`` before Ray stored any): what
+    changes when trials run."""
+    from .storage.trials import read_trials
 
     try:
-        before = json.loads(prep.paths.summary_json.read_text()) if prep.paths.summary_json.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        before = {}
-    reg, best_before = before.get("registered_model"), before.get("best") or {}
-    if reg and best_before.get("trial_id") == summary["best"]["trial_id"] and best_before.get("checkpoint") == summary["best"]["checkpoint"]:
-        log.info("best adapter already registered as %s; not registering it again", reg.get("uri"))
-        return reg
+        return {t.trial_id: (t.status, t.last_result.get("training_iteration")) for t in read_trials(experiment, with_results=False)}
+    except ConfigError:
+        return {}
+
+
+def _add_wall_time(prep: Prepared, t0: float, before: dict[str, tuple[Any, Any]]) -> None:
+    """Add the time since ``t0`` to the study's wall time when trials ran since (``before``: their
+    progress then): resuming a finished study runs nothing and leaves its wall time as it was."""
+    if _trial_progress(prep.paths.experiment) != before:
+        prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
+
+
+def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Log and register the best adapter; a checkpoint the registry holds already (``--resume`` of
+    a finished study, moved or not) is found there by study, trial and checkpoint name
+    (:func:`study.deploy.registry.log_best_adapter`), not registered again."""
+    from .deploy.registry import log_best_adapter
+
     try:
         return log_best_adapter(prep.tracking_uri, parent, summary, prep.cfg.mlflow.registered_model or f"lora-study-{prep.paths.name}", prep.paths)
     except Exception as e:  # the study's results stand even if the registry is unreachable

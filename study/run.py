@@ -92,11 +92,15 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
     return cfg.model_copy(update={"data": data, "model": model})
 
 
-def _preflight(cfg: StudyConfig) -> int:
-    """Every trial the study may run can start (:func:`trainables.preflight`); the train split's size."""
+def _preflight(cfg: StudyConfig) -> tuple[int, int]:
+    """Every trial the study may run can start (:func:`trainables.preflight`); the train split's
+    size and the rows ``data.drop_empty`` dropped (said once here, on the console)."""
     from trainables import preflight
 
-    return preflight(cfg.trial, {key: dist.values_to_check() for key, dist in cfg.search.items()})
+    n_train, dropped = preflight(cfg.trial, {key: dist.values_to_check() for key, dist in cfg.search.items()})
+    if dropped:
+        log.warning("data.drop_empty: %d rows with an empty or missing %r dropped from %s", dropped, cfg.data.text_column, cfg.data.path)
+    return n_train, dropped
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -117,7 +121,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
                 f"study {name!r} already exists in {paths.local}: continue it with "
                 f"`python -m study.run --name {name} --resume`, or pick another --name"
             )
-        n_train = _preflight(cfg)
+        n_train, dropped = _preflight(cfg)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
         _check_tracking(tracking)
     except BaseException:
@@ -125,6 +129,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise
     record = {"name": name, "config": cfg.model_dump(mode="json"), "storage": paths.storage, "tracking_uri": tracking,
               "n_train": n_train, "created": now_iso(), "config_file": str(args.config)}
+    if cfg.data.drop_empty:
+        record["data_dropped_empty"] = dropped
     return Prepared(cfg, paths, False, n_train, record, lock)
 
 
@@ -284,7 +290,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     from .console.labels import legend
     from .storage.atomic_fs import DiskFullError
     from .tracking.queue import undelivered_operations
-    from .tracking.runs import finish_parent_run, start_parent_run, study_params
+    from .tracking.runs import finish_parent_run, start_parent_run
     from .tracking.server import configure_mlflow_http, tracking_problem
     from .tracking.summary import print_summary, summarize
 
@@ -296,7 +302,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     log_path = log_to_file(paths.local / LOG_NAME)
     experiment = cfg.mlflow.experiment or paths.name
     try:
-        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, study_params(cfg),
+        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, _parent_params(prep),
                                   tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
     except Exception as e:  # checked in prepare(); the server can still go away in between
         print(f"error: {tracking_problem(prep.tracking_uri, e)}", file=sys.stderr)
@@ -448,6 +454,16 @@ def _print_next_steps(prep: Prepared, parent: str) -> None:
         print(f"\nruns table: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs" if experiment_id else f"\nruns table: {uri}")
     print(f"report:     .venv/bin/python -m dashboards.report --study {name}"
           + ("" if prep.paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {prep.paths.storage}"), flush=True)
+
+
+def _parent_params(prep: Prepared) -> dict[str, str]:
+    """The parent run's params: the study config, and the rows ``data.drop_empty`` dropped."""
+    from .tracking.runs import study_params
+
+    params = study_params(prep.cfg)
+    if "data_dropped_empty" in prep.record:
+        params["data.dropped_empty"] = str(prep.record["data_dropped_empty"])
+    return params
 
 
 def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -101,3 +101,24 @@ def test_loads_from_its_own_code_in_a_fresh_interpreter(registered, tmp_path, ss
     assert len(got["labels"]) == 5
     code = str((registered / "code").resolve())
     assert got["modules"] and all(f and f.startswith(code) for f in got["modules"].values()), got["modules"]
+
+
+OLD_CODE = """from mlflow.models import set_model
+
+from study.serving import LoraTextClassifier
+
+set_model(LoraTextClassifier())
+"""
+
+
+def test_a_model_whose_code_imports_study_serving_still_loads(tiny_study, tmp_path):
+    """Versions registered before the model carried its code run ``from study.serving import
+    LoraTextClassifier`` where lora-study is installed; ``study/serving.py`` keeps that name."""
+    import mlflow.pyfunc
+
+    name, home = tiny_study
+    code = tmp_path / "pyfunc_model.py"
+    code.write_text(OLD_CODE)
+    mlflow.pyfunc.save_model(str(tmp_path / "old"), python_model=str(code), artifacts={"adapter": str(home / name / "best_adapter")})
+    out = mlflow.pyfunc.load_model(str(tmp_path / "old")).predict(["a fine film", "dull"])
+    assert len(out) == 2 and set(out.columns) == {"label", "confidence"}

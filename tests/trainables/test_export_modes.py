@@ -1,6 +1,6 @@
 """Every file of an export has one mode (the tokenizer's, the config's): safetensors writes new
-files 0600, which left a mean-pooling export's ``adapter_model.safetensors`` (re-saved with the
-stock-loader refusal) unreadable to the group and others while the rest were 0644."""
+files 0600, and a mean-pooling export re-saves ``adapter_model.safetensors`` (the stock-loader
+refusal) and writes ``merged/model.safetensors``; others must read those like the rest."""
 
 from __future__ import annotations
 

@@ -112,8 +112,8 @@ set_model(LoraTextClassifier())
 
 
 def test_a_model_whose_code_imports_study_serving_still_loads(tiny_study, tmp_path):
-    """Versions registered before the model carried its code run ``from study.serving import
-    LoraTextClassifier`` where lora-study is installed; ``study/serving.py`` keeps that name."""
+    """A model without ``code/`` whose code runs ``from study.serving import LoraTextClassifier``
+    loads where lora-study is installed: ``study/serving.py`` keeps that name."""
     import mlflow.pyfunc
 
     name, home = tiny_study

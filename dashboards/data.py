@@ -198,14 +198,17 @@ def _optuna_study(paths: StudyPaths, cfg: StudyConfig, rows: list[dict[str, Any]
     """The Optuna study the searcher kept (PRUNED trials marked as such), from the journal the
     runner writes (plain JSON lines, never a pickle); rebuilt from Ray's trials when there is none
     (random search, a study from before the journal existed, an unreadable journal)."""
-    if paths.journal.is_file():
-        try:
-            from study.search.journal import read_optuna_journal
+    import optuna  # noqa: F401  (first: importing it sets its logger to INFO)
 
-            return read_optuna_journal(paths.journal), "the study's Optuna journal (the study TPE used)"
-        except Exception as e:  # a torn or foreign file: rebuild
-            log.info("cannot read the Optuna journal %s (%s); rebuilding from trials", paths.journal, e)
-    return _rebuild_optuna_study(cfg, rows), "rebuilt from Ray's trials (no Optuna journal)"
+    with quiet_logger("optuna"):  # "A new study created in memory …" (INFO, on stderr) says nothing to a report's reader
+        if paths.journal.is_file():
+            try:
+                from study.search.journal import read_optuna_journal
+
+                return read_optuna_journal(paths.journal), "the study's Optuna journal (the study TPE used)"
+            except Exception as e:  # a torn or foreign file: rebuild
+                log.info("cannot read the Optuna journal %s (%s); rebuilding from trials", paths.journal, e)
+        return _rebuild_optuna_study(cfg, rows), "rebuilt from Ray's trials (no Optuna journal)"
 
 
 def _rebuild_optuna_study(cfg: StudyConfig, rows: list[dict[str, Any]]) -> Any:
@@ -268,7 +271,7 @@ def one_line(e: BaseException, limit: int = 240) -> str:
 
 
 class quiet_logger:
-    """Silence a chatty logger (urllib3's per-retry warnings) for the duration of a block."""
+    """Silence a chatty logger (urllib3's per-retry warnings, Optuna's INFO) for the duration of a block."""
 
     def __init__(self, name: str) -> None:
         self.logger = logging.getLogger(name)

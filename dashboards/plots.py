@@ -28,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.legend_handler import HandlerTuple  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from study.console.labels import trial_label  # noqa: E402
@@ -161,33 +162,51 @@ def learning_curves(data: StudyData, rungs: list[int], max_t: int | None) -> Fig
         if r["state"] != "pruned":
             ends.append((h[-1]["samples_seen"], h[-1]["accuracy"], r["trial_id"], line.get_color()))
     _label_line_ends(ax, ends)
-    ymin, ymax = ax.get_ylim()
-    for i, rung in enumerate(rungs):
-        is_max = max_t is not None and rung >= max_t
-        ax.axvline(rung, color="tab:purple" if not is_max else "tab:green", linestyle=":", linewidth=1.2, alpha=0.8)
-        ax.annotate(f"max_t {rung:,}" if is_max else f"rung {i}: {rung:,}", (rung, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(2, -12), textcoords="offset points", fontsize=8, color="tab:purple" if not is_max else "tab:green", rotation=90, va="top")
-    if max_t is not None and (not rungs or rungs[-1] < max_t):
-        ax.axvline(max_t, color="tab:green", linestyle=":", linewidth=1.2)
-        ax.annotate(f"max_t {max_t:,}", (max_t, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -12),
-                    textcoords="offset points", fontsize=8, color="tab:green", rotation=90, va="top")
+    _mark_rungs(ax, rungs, max_t)
     ax.set_xlabel("training samples seen (ASHA fidelity)")
     ax.set_ylabel("dev accuracy")
     _pct(ax)
     ax.grid(alpha=0.3)
     counts = data.counts
-    handles = [Line2D([], [], color="tab:blue", **{k: v for k, v in STATE_STYLE["completed"].items() if k != "color"}, label=f"completed ({counts['completed']})"),
-               Line2D([], [], **STATE_STYLE["pruned"], marker="x", label=f"pruned by ASHA ({counts['pruned']}); x = stopped")]
+    handles = [_completed_handle(cmap, k), Line2D([], [], **STATE_STYLE["pruned"], marker="x", label=f"pruned by ASHA ({counts['pruned']}); x = stopped")]
+    labels = [f"completed ({counts['completed']}): a colour each", handles[1].get_label()]
     for s in ("failed", "unfinished"):
         if counts.get(s):
             handles.append(Line2D([], [], **STATE_STYLE[s], label=f"{s} ({counts[s]})"))
     if best:
         handles.append(Line2D([], [], color="black", linewidth=2.6, label=f"best trial {best}"))
     if rungs:
-        handles.append(Line2D([], [], color="tab:purple", linestyle=":", label="ASHA rungs (grace × rf^k)"))
-    _legend(fig, handles, title="trial id at each line's end;\nhover a line for its values", title_fontsize=8)
+        handles.append(Line2D([], [], color="tab:purple", linestyle=":", label="ASHA rungs (grace × rf^k), named on top"))
+    labels += [h.get_label() for h in handles[2:]]
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, handlelength=3.2, handler_map={tuple: HandlerTuple(ndivide=None, pad=0)},
+               title="trial id at each line's end;\nhover a line for its values", title_fontsize=8)
     ax.set_title(f"Learning curves of all {counts['total']} trials")
     return fig
+
+
+def _completed_handle(cmap: Any, n: int) -> tuple[Line2D, ...]:
+    """The legend's sample for completed trials: a short segment in each colour they were drawn
+    in (at least one, at most four), not one blue line that matches none of them but the first."""
+    style = {k: v for k, v in STATE_STYLE["completed"].items() if k != "color"}
+    return tuple(Line2D([], [], color=cmap(i % 10), **style) for i in range(min(max(n, 1), 4)))
+
+
+def _mark_rungs(ax: Any, rungs: list[int], max_t: int | None) -> None:
+    """ASHA's rungs (purple) and ``max_t`` (green) as dotted verticals, named above the axes on a
+    top axis of their own: inside the axes, a name at ``max_t`` would sit on the trial ids written
+    at the lines' ends."""
+    marks = [(rung, f"max_t {rung:,}" if max_t is not None and rung >= max_t else f"rung {i}: {rung:,}") for i, rung in enumerate(rungs)]
+    if max_t is not None and (not rungs or rungs[-1] < max_t):
+        marks.append((max_t, f"max_t {max_t:,}"))
+    if not marks:
+        return
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([x for x, _ in marks], [text for _, text in marks], rotation=90, fontsize=8)
+    top.tick_params(length=3, pad=2)
+    for (x, text), label in zip(marks, top.get_xticklabels()):
+        color = "tab:green" if text.startswith("max_t") else "tab:purple"
+        label.set_color(color)
+        ax.axvline(x, color=color, linestyle=":", linewidth=1.2, alpha=0.8)
 
 
 def _label_line_ends(ax: Any, ends: list[tuple[float, float, str, Any]], limit: int = 12) -> None:

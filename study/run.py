@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -98,11 +97,15 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
     return cfg.model_copy(update={"data": data, "model": model})
 
 
-def _preflight(cfg: StudyConfig) -> int:
-    """Every trial the study may run can start (:func:`trainables.preflight`); the train split's size."""
+def _preflight(cfg: StudyConfig) -> tuple[int, int]:
+    """Every trial the study may run can start (:func:`trainables.preflight`); the train split's
+    size and the rows ``data.drop_empty`` dropped (said once here, on the console)."""
     from trainables import preflight
 
-    return preflight(cfg.trial, {key: dist.values_to_check() for key, dist in cfg.search.items()})
+    n_train, dropped = preflight(cfg.trial, {key: dist.values_to_check() for key, dist in cfg.search.items()})
+    if dropped:
+        log.warning("data.drop_empty: %d rows with an empty or missing %r dropped from %s", dropped, cfg.data.text_column, cfg.data.path)
+    return n_train, dropped
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -123,7 +126,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
                 f"study {name!r} already exists in {paths.local}: continue it with "
                 f"`python -m study.run --name {name} --resume`, or pick another --name"
             )
-        n_train = _preflight(cfg)
+        n_train, dropped = _preflight(cfg)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
         _check_tracking(tracking)
     except BaseException:
@@ -131,6 +134,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise
     record = {"name": name, "config": cfg.model_dump(mode="json"), "storage": paths.storage, "tracking_uri": tracking,
               "n_train": n_train, "created": now_iso(), "config_file": str(args.config)}
+    if cfg.data.drop_empty:
+        record["data_dropped_empty"] = dropped
     return Prepared(cfg, paths, False, n_train, record, lock)
 
 
@@ -290,7 +295,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     from .console.labels import legend
     from .storage.atomic_fs import DiskFullError
     from .tracking.queue import undelivered_operations
-    from .tracking.runs import finish_parent_run, start_parent_run, study_params
+    from .tracking.runs import finish_parent_run, start_parent_run
     from .tracking.server import configure_mlflow_http, tracking_problem
     from .tracking.summary import print_summary, summarize
 
@@ -302,7 +307,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     log_path = log_to_file(paths.local / LOG_NAME)
     experiment = cfg.mlflow.experiment or paths.name
     try:
-        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, study_params(cfg),
+        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, _parent_params(prep),
                                   tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
     except Exception as e:  # checked in prepare(); the server can still go away in between
         print(f"error: {tracking_problem(prep.tracking_uri, e)}", file=sys.stderr)
@@ -322,6 +327,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     started_ray = _init_ray(address)
     t0 = time.time()
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
+    before = _trial_progress(paths.experiment)
     tuner, _ = _tuner(prep, parent)
     interrupted = False
     try:
@@ -329,12 +335,11 @@ def execute(prep: Prepared, address: str | None) -> int:
     except KeyboardInterrupt:
         interrupted, results = True, None
     except DiskFullError as e:
-        prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
+        _add_wall_time(prep, t0, before)
         _shutdown_ray(started_ray, log_path)
         return _stop_on_full_disk(prep, parent, e)
     _shutdown_ray(started_ray, log_path)
-    wall = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
-    prep.record["wall_s"] = wall
+    _add_wall_time(prep, t0, before)
     try:
         write_json(paths.study_json, prep.record)
     except OSError as e:
@@ -367,19 +372,30 @@ def execute(prep: Prepared, address: str | None) -> int:
     return EXIT_OK
 
 
-def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
-    """Log and register the best adapter — unless ``summary.json`` already names a registration
-    of this same checkpoint (``--resume`` of a finished study must not add a duplicate version)."""
-    from .deploy.registry import log_best_adapter
+def _trial_progress(experiment: str) -> dict[str, tuple[Any, Any]]:
+    """Each stored trial's status and training iteration (``{}`` before Ray stored any): what
+    changes when trials run."""
+    from .storage.trials import read_trials
 
     try:
-        before = json.loads(prep.paths.summary_json.read_text()) if prep.paths.summary_json.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        before = {}
-    reg, best_before = before.get("registered_model"), before.get("best") or {}
-    if reg and best_before.get("trial_id") == summary["best"]["trial_id"] and best_before.get("checkpoint") == summary["best"]["checkpoint"]:
-        log.info("best adapter already registered as %s; not registering it again", reg.get("uri"))
-        return reg
+        return {t.trial_id: (t.status, t.last_result.get("training_iteration")) for t in read_trials(experiment, with_results=False)}
+    except ConfigError:
+        return {}
+
+
+def _add_wall_time(prep: Prepared, t0: float, before: dict[str, tuple[Any, Any]]) -> None:
+    """Add the time since ``t0`` to the study's wall time when trials ran since (``before``: their
+    progress then): resuming a finished study runs nothing and leaves its wall time as it was."""
+    if _trial_progress(prep.paths.experiment) != before:
+        prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
+
+
+def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Log and register the best adapter; a checkpoint the registry holds already (``--resume`` of
+    a finished study, moved or not) is found there by study, trial and checkpoint name
+    (:func:`study.deploy.registry.log_best_adapter`), not registered again."""
+    from .deploy.registry import log_best_adapter
+
     try:
         return log_best_adapter(prep.tracking_uri, parent, summary, prep.cfg.mlflow.registered_model or f"lora-study-{prep.paths.name}", prep.paths)
     except Exception as e:  # the study's results stand even if the registry is unreachable
@@ -443,6 +459,16 @@ def _print_next_steps(prep: Prepared, parent: str) -> None:
         print(f"\nruns table: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs" if experiment_id else f"\nruns table: {uri}")
     print(f"report:     .venv/bin/python -m dashboards.report --study {name}"
           + ("" if prep.paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {prep.paths.storage}"), flush=True)
+
+
+def _parent_params(prep: Prepared) -> dict[str, str]:
+    """The parent run's params: the study config, and the rows ``data.drop_empty`` dropped."""
+    from .tracking.runs import study_params
+
+    params = study_params(prep.cfg)
+    if "data_dropped_empty" in prep.record:
+        params["data.dropped_empty"] = str(prep.record["data_dropped_empty"])
+    return params
 
 
 def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:

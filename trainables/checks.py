@@ -8,18 +8,25 @@ checks take seconds, and each failure is one ``ConfigError`` line naming the key
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from .config import ConfigError, TrialConfig
 
-__all__ = ["preflight"]
+__all__ = ["preflight", "DataCounts"]
 
 
-def preflight(trial: TrialConfig, variants: Mapping[str, Sequence[Any]] | None = None) -> int:
+class DataCounts(NamedTuple):
+    n_train: int
+    """Examples in the train split."""
+    dropped_empty: int
+    """Rows without a text that ``data.drop_empty`` dropped (train and dev files together)."""
+
+
+def preflight(trial: TrialConfig, variants: Mapping[str, Sequence[Any]] | None = None) -> DataCounts:
     """Check ``trial`` and, for the keys a study varies (``variants``: dotted key → the values it
     can take, e.g. a search space's choices or bounds), each value of ``data.size``,
     ``lora.target_modules`` and ``model.pooling``. The data and the model path come first: they fail
-    without importing torch. Returns the number of examples in the train split."""
+    without importing torch. Returns the train split's size and the rows ``data.drop_empty`` dropped."""
     from .data import load_splits
     from .model import apply_pooling, check_model_name, check_modules_to_save, check_target_modules
 
@@ -47,4 +54,4 @@ def preflight(trial: TrialConfig, variants: Mapping[str, Sequence[Any]] | None =
     check_modules_to_save(model, trial.lora.modules_to_save)
     for pooling in variants.get("model.pooling", [trial.model.pooling]):
         apply_pooling(model, pooling, trial.model.name, trial.lora.modules_to_save)
-    return n_train
+    return DataCounts(n_train, raw.dropped_empty)

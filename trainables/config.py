@@ -149,6 +149,10 @@ class DataSection(_Section):
     cache_dir: str | None = None
     """Where tokenized splits are cached (default ``$LORA_STUDY_CACHE`` or
     ``~/.cache/lora-study``); trials then never re-tokenize the corpus."""
+    drop_empty: bool = False
+    """Drop rows whose text is empty or missing (counted: the study's console and MLflow, each
+    trial's log and results) instead of refusing the file. Off by default: such rows usually
+    mean a wrong ``data.text_column`` or a broken export, which a refusal shows at once."""
 
     @field_validator("size", mode="before")
     @classmethod

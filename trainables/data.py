@@ -67,6 +67,7 @@ class RawSplits:
     source: str  # where the data came from (for error messages and provenance)
     val_texts: list[str] | None = None  # data.holdout_size examples carved out of train
     val_labels: np.ndarray | None = None
+    dropped_empty: int = 0  # rows without a text that data.drop_empty dropped, over all files read
 
 
 @dataclass
@@ -89,6 +90,7 @@ class TrialData:
     label_names: list[str]
     pad_id: int
     val: TokenizedSplit | None = None  # the held-out validation split (data.holdout_size), if any
+    dropped_empty: int = 0  # see RawSplits
 
 
 # --------------------------------------------------------------------------- loading
@@ -191,10 +193,16 @@ def _is_na(v: Any) -> bool:
         return False
 
 
-def _columns(df: Any, cfg: DataSection, where: str) -> tuple[list[str], list[Any]]:
-    """Texts and raw labels of one split. Refused, one line naming file, column and row count:
-    empty or missing texts (they would train on the string "nan" or nothing) and missing labels
-    (a NaN label would become a class of its own). Texts longer than ``_max_chars(cfg)`` are cut."""
+def _drop_rows(values: list[Any], rows: list[int]) -> list[Any]:
+    skip = set(rows)
+    return [v for i, v in enumerate(values) if i not in skip]
+
+
+def _columns(df: Any, cfg: DataSection, where: str) -> tuple[list[str], list[Any], int]:
+    """Texts and raw labels of one split, and how many rows ``data.drop_empty`` dropped. Refused,
+    one line naming file, column and row count: empty or missing texts (they would train on the
+    string "nan" or nothing) unless ``data.drop_empty``, and missing labels (a NaN label would
+    become a class of its own). Texts longer than ``_max_chars(cfg)`` are cut."""
     for col in (cfg.text_column, cfg.label_column):
         if col not in df.columns:
             raise DataError(
@@ -205,12 +213,19 @@ def _columns(df: Any, cfg: DataSection, where: str) -> tuple[list[str], list[Any
         raise DataError(f"{where}: split is empty")
     raw_texts, labels = df[cfg.text_column].tolist(), df[cfg.label_column].tolist()
     bad = [i for i, t in enumerate(raw_texts) if _missing_text(t)]
-    if bad:
+    if bad and not cfg.drop_empty:
         raise DataError(f"{where}: column {cfg.text_column!r} has {len(bad)} empty or missing texts of {len(df)} "
-                        f"({_rows(bad)}); remove those rows or fill them in")
+                        f"({_rows(bad)}); remove those rows or fill them in, or set data.drop_empty=true to drop them")
+    dropped = len(bad)
+    if bad:
+        if dropped == len(df):
+            raise DataError(f"{where}: column {cfg.text_column!r} has no text in any of its {len(df)} rows; check data.text_column")
+        raw_texts, labels = _drop_rows(raw_texts, bad), _drop_rows(labels, bad)
+        logging.getLogger(__name__).info("%s: dropped %d of %d rows with an empty or missing %r (%s; data.drop_empty)",
+                                         where, dropped, len(df), cfg.text_column, _rows(bad))
     bad = [i for i, v in enumerate(labels) if _missing_label(v)]
     if bad:
-        raise DataError(f"{where}: column {cfg.label_column!r} has {len(bad)} missing labels of {len(df)} "
+        raise DataError(f"{where}: column {cfg.label_column!r} has {len(bad)} missing labels of {len(labels)} "
                         f"({_rows(bad)}); remove those rows or label them")
     limit = _max_chars(cfg)
     texts = [t if isinstance(t, str) else str(t) for t in raw_texts]
@@ -219,7 +234,7 @@ def _columns(df: Any, cfg: DataSection, where: str) -> tuple[list[str], list[Any
         texts = [t[:limit] for t in texts]
         logging.getLogger(__name__).warning("%s: %d texts longer than %d characters cut to that length before "
                                             "tokenizing (data.max_length=%d tokens)", where, cut, limit, cfg.max_length)
-    return texts, labels
+    return texts, labels, dropped
 
 
 #: Characters a token can stand for, at most: BERT's WordPiece turns any word longer than 100
@@ -262,21 +277,23 @@ def load_splits(cfg: DataSection) -> RawSplits:
         if train_p is None:
             raise DataError(f"{path}: no train.{{tsv,csv,parquet,jsonl}} in this directory")
         train_df = read_table(train_p)
-        train_texts, train_raw = _columns(train_df, cfg, str(train_p))
+        train_texts, train_raw, dropped = _columns(train_df, cfg, str(train_p))
         if dev_p is not None:
-            dev_texts, dev_raw = _columns(read_table(dev_p), cfg, str(dev_p))
+            dev_texts, dev_raw, dropped_dev = _columns(read_table(dev_p), cfg, str(dev_p))
+            dropped += dropped_dev
         else:
             train_texts, train_raw, dev_texts, dev_raw = _carve_dev(train_texts, train_raw, cfg)
         source = str(path)
     elif path.is_file():
-        train_texts, train_raw = _columns(read_table(path), cfg, str(path))
+        train_texts, train_raw, dropped = _columns(read_table(path), cfg, str(path))
         train_texts, train_raw, dev_texts, dev_raw = _carve_dev(train_texts, train_raw, cfg)
         source = str(path)
     elif looks_like_hub_id(cfg.path):
         check_hub_name(cfg.path, "data.path", "dataset")  # a mistyped relative path fails here, fast
         train_df, dev_df, source = _load_hub(cfg)
-        train_texts, train_raw = _columns(train_df, cfg, f"{source} train")
-        dev_texts, dev_raw = _columns(dev_df, cfg, f"{source} validation")
+        train_texts, train_raw, dropped = _columns(train_df, cfg, f"{source} train")
+        dev_texts, dev_raw, dropped_dev = _columns(dev_df, cfg, f"{source} validation")
+        dropped += dropped_dev
     else:
         raise DataError(
             f"data not found: {cfg.path} (resolved {path.resolve()}). Provide SST-2 as a directory with "
@@ -300,7 +317,7 @@ def load_splits(cfg: DataSection) -> RawSplits:
         keep = subset_indices(dev_labels, cfg.dev_size, cfg.seed)
         dev_texts = [dev_texts[i] for i in keep]
         dev_labels = dev_labels[keep]
-    raw = RawSplits(train_texts, train_ids, dev_texts, dev_labels, names, source)
+    raw = RawSplits(train_texts, train_ids, dev_texts, dev_labels, names, source, dropped_empty=dropped)
     return _hold_out(raw, cfg) if cfg.holdout_size else raw
 
 
@@ -508,4 +525,5 @@ def prepare_data(cfg: DataSection, tokenizer: Any) -> TrialData:
         label_names=raw.label_names,
         pad_id=pad_id,
         val=val,
+        dropped_empty=raw.dropped_empty,
     )

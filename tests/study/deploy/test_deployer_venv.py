@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.study.drivers import wait_for_ping
 from trainables import load_classifier
 
 pytestmark = pytest.mark.slow
@@ -169,16 +170,7 @@ def served(deployed):
         proc = subprocess.Popen(cmd, env=env, cwd=deployed.dir, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() - t0 > 600:
-                    pytest.fail(f"mlflow models serve not up after 600 s:\n{log.read_text()[-3000:]}")
-                time.sleep(2)
+        wait_for_ping(proc, url, log)
         deployed.timings["serve: up"] = time.monotonic() - t0
         yield SimpleNamespace(url=url, log=log)
     finally:

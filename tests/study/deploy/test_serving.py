@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,7 +38,7 @@ import pytest
 
 from study.deploy import export, registry
 from tests.conftest import ROOT
-from tests.study.drivers import free_port
+from tests.study.drivers import free_port, wait_for_ping
 from trainables import META_FILE, load_classifier
 from trainables.data import read_table
 
@@ -353,17 +352,7 @@ def server(real, tmp_path_factory):
         proc = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600  # a loaded 2-core CI machine: model load + uvicorn start
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"mlflow models serve not up after 600 s:\n{log.read_text()[-3000:]}")
-                time.sleep(2)
+        wait_for_ping(proc, url, log)
         yield SimpleNamespace(url=url, port=port)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the session started above: bash, mlflow and its uvicorn

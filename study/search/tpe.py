@@ -4,7 +4,8 @@ Why: stock Ray ``OptunaSearch`` tells Optuna that a trial ASHA stopped after 1/9
 COMPLETED with its low-fidelity value, so TPE (Bergstra et al. 2011) models it as a final result.
 :class:`PrunedFeedbackOptunaSearch` reports every result as an intermediate value at
 ``step=samples_seen`` and tells Optuna PRUNED for trials the scheduler marked
-(:mod:`study.search.asha`), COMPLETE with the last value otherwise; TPE ranks PRUNED trials below
+(:mod:`study.search.asha`), COMPLETE with the last value otherwise (FAIL, which TPE ignores, when
+that value is NaN or ±inf: an infinite accuracy would rank best); TPE ranks PRUNED trials below
 every COMPLETE one by the furthest step reached. It also survives ``restart_errored`` (new trial
 ids for old configurations). ``docs/design.md`` has the state mapping and the restore details.
 """
@@ -12,6 +13,7 @@ ids for old configurations). ``docs/design.md`` has the state mapping and the re
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import optuna
@@ -20,12 +22,17 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import flatten_dict
 
-__all__ = ["PrunedFeedbackOptunaSearch", "make_searcher", "RAY_TRIAL_ID_ATTR"]
+__all__ = ["PrunedFeedbackOptunaSearch", "ForwardingConcurrencyLimiter", "make_searcher", "RAY_TRIAL_ID_ATTR"]
 
 logger = logging.getLogger(__name__)
 
 #: Optuna user attribute holding the Ray trial id (joins Optuna <-> Tune <-> MLflow).
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
+
+
+def _finite(value: Any) -> bool:
+    """A metric value the sampler may learn from (NaN and ±inf are failed observations)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class PrunedFeedbackOptunaSearch(OptunaSearch):
@@ -84,7 +91,7 @@ class PrunedFeedbackOptunaSearch(OptunaSearch):
         step = result.get(self._fidelity_attr)
         # Steps only grow within a trial; a trial resumed from a checkpoint re-reports
         # steps Optuna already has (it would ignore them with a warning).
-        if value is None or step is None or int(step) <= self._last_step.get(trial_id, -1):
+        if not _finite(value) or step is None or int(step) <= self._last_step.get(trial_id, -1):
             return
         ot_trial.report(value, step=int(step))
         self._last_step[trial_id] = int(step)
@@ -117,19 +124,32 @@ class PrunedFeedbackOptunaSearch(OptunaSearch):
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             elif trial_id in self._pruned_trial_ids:
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            elif value is None:
-                # Stopped before reporting (e.g. removed while pending): not evidence
-                # about the config, so FAIL (ignored by TPE) rather than PRUNED.
+            elif not _finite(value):
+                # Stopped before reporting (e.g. removed while pending), or NaN/inf: not
+                # evidence about the config (an inf accuracy would rank best), so FAIL
+                # (ignored by TPE) rather than PRUNED or COMPLETE.
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             else:
-                # state=None: COMPLETE, or FAIL with a warning if the value is NaN.
                 self._ot_study.tell(ot_trial, value)
         except Exception as exc:  # never take the study down over bookkeeping
             logger.warning("Could not tell Optuna about trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
 
+    def add_evaluated_point(self, parameters: dict, value: float | None, error: bool = False, pruned: bool = False,
+                            intermediate_values: list[float] | None = None) -> None:
+        """Warm start with a trial evaluated elsewhere (Ray's API). ``parameters`` may hold every
+        trial key (Ray's ``add_evaluated_trials`` passes ``trial.config``); Optuna takes the searched
+        ones. A non-finite value is a FAIL, as :meth:`on_trial_complete` makes it; a pruned trial
+        without intermediate values gets its value as one, which TPE ranks pruned trials by."""
+        params = {k: parameters[k] for k in self._space}
+        finite = _finite(value)
+        if pruned and finite and not intermediate_values:
+            intermediate_values = [value]
+        super().add_evaluated_point(params, value if finite else None, error=error or not finite, pruned=pruned and finite,
+                                    intermediate_values=intermediate_values)
 
-class _ForwardingConcurrencyLimiter(ConcurrencyLimiter):
+
+class ForwardingConcurrencyLimiter(ConcurrencyLimiter):
     """``ConcurrencyLimiter`` that does not swallow completions of unknown trials.
 
     Stock ``ConcurrencyLimiter.on_trial_complete`` drops trials it did not
@@ -155,6 +175,7 @@ def make_searcher(
     max_concurrent: int | None = None,
     pruned_feedback: bool = True,
     fidelity_attr: str = "samples_seen",
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> Searcher:
     """TPE searcher (Bergstra et al. 2011) over ``space`` (Ray Tune distributions).
 
@@ -162,6 +183,9 @@ def make_searcher(
     seed=seed)``: multivariate TPE models the interactions between e.g. rank
     and learning rate, and the constant liar keeps concurrent suggestions from
     piling onto the same point while trials are still running.
+
+    ``sampler`` replaces that TPE (the other searchers of the registry: GP, TPE with random
+    proposals …), seeded by the caller; everything else stays as described here.
 
     ``pruned_feedback=False`` returns the stock ``OptunaSearch`` and
     ``ConcurrencyLimiter`` (pruned trials told COMPLETE with their low-fidelity
@@ -172,7 +196,7 @@ def make_searcher(
     distributions while the searcher has its own space.  If ``max_concurrent``
     is given, do not also set a different ``TuneConfig.max_concurrent_trials``.
     """
-    sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
+    sampler = sampler or optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
     kwargs = dict(
         space=OptunaSearch.convert_search_space(space),
         metric=metric,
@@ -185,6 +209,6 @@ def make_searcher(
     else:
         searcher = OptunaSearch(**kwargs)
     if max_concurrent:
-        limiter = _ForwardingConcurrencyLimiter if pruned_feedback else ConcurrencyLimiter
+        limiter = ForwardingConcurrencyLimiter if pruned_feedback else ConcurrencyLimiter
         searcher = limiter(searcher, max_concurrent=max_concurrent)
     return searcher

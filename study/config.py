@@ -92,10 +92,10 @@ class StudySection(_Section):
     seed: int = 0
     """Seed of the search (Optuna's sampler); trials keep their own ``train.seed``."""
     searcher: str = DEFAULT_SEARCHER
-    """How configurations are chosen: a name from ``study.search.registry.SEARCHERS`` —
-    ``pruned-tpe`` (the default: TPE told which trials ASHA pruned), ``rung-tpe`` (TPE fitted on one
-    ASHA rung at a time, BOHB-style), ``optuna`` (stock Ray ``OptunaSearch``: what a bare Ray Tune +
-    Optuna script does), ``random``. ``python -m study.run --help`` lists them with their papers."""
+    """How configurations are chosen: a name from ``study.search.registry.SEARCHERS`` (the default
+    ``pruned-tpe``: TPE told which trials ASHA pruned; ``optuna``: stock Ray ``OptunaSearch``, what a
+    bare Ray Tune + Optuna script does; ``random``; the candidates the search benchmark measures).
+    ``python -m study.run --help`` lists every one with its paper."""
     seed_points: bool = True
     """Start with the two seed notebooks' configurations (r=4 α=16 lr=1e-4 q,v and r=8 α=16
     dropout 0.1 q,v) so the study can only beat the hand-picked recipes."""

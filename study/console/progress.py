@@ -11,7 +11,8 @@ The runner turns Ray's reporter off (``RunConfig(verbose=0)``).
 Between events a status line says where the study stands (:class:`Status`): trials finished,
 running and pending of the planned number, the best so far, the samples seen and the measured
 rate, and an ETA. On a terminal it is one line redrawn in place every second below the events
-(tqdm); without one (CI logs, ``> file``) it is a plain line every ``plain_every_s`` (60 s).
+(tqdm); without one (CI logs, ``> file``) it is a plain line every ``plain_every_s`` (two
+minutes: a CI log stays readable, and the README's quick study within its 80-line budget).
 
 Trials are called by ``study.console.labels`` names, as in MLflow and the report:
 ``abe404f9 r=4 a=4 lr=4.0e-3 qv n=2000``.
@@ -87,8 +88,8 @@ def measure(trials: Iterable[Any], total: int) -> tuple[int, int, int, float | N
     """(finished, running, samples seen, samples left) of a study's trials (Ray ``Trial`` objects:
     ``status``, ``last_result``). Samples left is an estimate: a trial still to start sees what the
     finished ones saw on average (ASHA stops most of them early), and a running trial sees that
-    too, or its whole plan (``samples_total``) once it got further than that; before any trial
-    finished, every trial counts with its plan."""
+    too (at most its plan, ``samples_total``), or its whole plan once it got further; before any
+    trial finished, every trial counts with the largest plan."""
     trials = list(trials)
     seen = {id(t): _samples(t, "samples_seen") or 0 for t in trials}
     finished = [t for t in trials if t.status in _DONE_STATES]
@@ -101,7 +102,7 @@ def measure(trials: Iterable[Any], total: int) -> tuple[int, int, int, float | N
     left = 0.0
     for t in running:
         plan = _samples(t, "samples_total") or expected
-        left += max(0.0, (plan if seen[id(t)] >= expected else expected) - seen[id(t)])
+        left += max(0.0, (plan if seen[id(t)] >= expected else min(plan, expected)) - seen[id(t)])
     pending = max(0, total - len(finished) - len(running))
     return len(finished), len(running), sum(seen.values()), left + pending * expected
 
@@ -135,7 +136,7 @@ class ProgressView(Callback):
     def __init__(self, searched: Iterable[str], metric: str = "accuracy", mode: str = "max",
                  pruned_signal: PrunedSignal | None = None, *, num_samples: int | None = None,
                  time_budget_s: float | None = None, seeds: SeedPoints | None = None,
-                 tty_every_s: float = 1.0, plain_every_s: float = 60.0, clock: Any = time.monotonic) -> None:
+                 tty_every_s: float = 1.0, plain_every_s: float = 120.0, clock: Any = time.monotonic) -> None:
         self.searched = list(searched)
         self.metric, self.mode = metric, mode
         self.pruned_signal = pruned_signal
@@ -252,7 +253,7 @@ class ProgressView(Callback):
         now = self._now()
         if getattr(self, "_rate_base", None) is None:  # the rate counts from the first step on
             self._rate_base = (now, measure(trials, 0)[2])
-        every = getattr(self, "tty_every_s", 1.0) if tty else getattr(self, "plain_every_s", 60.0)  # a view pickled before the status line
+        every = getattr(self, "tty_every_s", 1.0) if tty else getattr(self, "plain_every_s", 120.0)  # a view pickled before the status line
         if not force and now - self._status_at < every:
             return
         self._status_at = now

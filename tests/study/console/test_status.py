@@ -31,10 +31,12 @@ MEASURE = [
     ([trial("a", "TERMINATED", 200, 1000), trial("b", "TERMINATED", 1000, 1000), trial("c", "RUNNING", 700, 1000),
       trial("d", "RUNNING", 100, 1000)], 6, (2, 2, 2000, 300 + 500 + 2 * 600)),
     ([trial("a", "ERROR", 50, 1000), trial("b", "TERMINATED", 1000, 1000)], 2, (2, 0, 1050, 0)),
+    # a running trial with a smaller plan than the finished ones' mean sees its plan
+    ([trial("a", "TERMINATED", 2000, 2000), trial("b", "RUNNING", 512, 1000)], 2, (1, 1, 2512, 488)),
 ]
 
 
-@pytest.mark.parametrize("trials,total,expected", MEASURE, ids=["empty", "before any finished", "mean of finished", "all done"])
+@pytest.mark.parametrize("trials,total,expected", MEASURE, ids=["empty", "before any finished", "mean of finished", "all done", "a smaller plan"])
 def test_measure(trials, total, expected):
     assert measure(trials, total) == expected
 

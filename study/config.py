@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import (
+    TRAIN_SPLIT_KEYS,
     ConfigError,
     DataSection,
     LoraSection,
@@ -29,7 +30,7 @@ from trainables.config import (
 
 from .search.registry import DEFAULT_SEARCHER, SEARCHERS
 
-__all__ = ["StudyConfig", "load_study_config", "flat_params", "Distribution", "DIST_KINDS"]
+__all__ = ["StudyConfig", "load_study_config", "flat_params", "effective_values", "Distribution", "DIST_KINDS"]
 
 #: Searcher names that ``study.json`` files written before the registry recorded.
 _RENAMED_SEARCHERS = {"lora-study": "pruned-tpe"}
@@ -211,6 +212,11 @@ class StudyConfig(_Section):
         """The fixed trial config every trial starts from (its sections were validated with the study)."""
         return TrialConfig(model=self.model, data=self.data, lora=self.lora, train=self.train)
 
+    def shared_n_train(self, n_train: int | None) -> int | None:
+        """The train split size every trial draws from (what the preflight measured), or ``None``
+        when the search varies the split itself (``data.holdout_size``, ``data.path`` …)."""
+        return None if set(self.search) & set(TRAIN_SPLIT_KEYS) or not n_train else int(n_train)
+
     @classmethod
     def from_record(cls, record: dict[str, Any], where: Any) -> "StudyConfig":
         """The config a ``study.json`` stored (``where``: the file, for the one-line error)."""
@@ -256,3 +262,12 @@ def load_study_config(path: str | os.PathLike[str] | None, overrides: list[str] 
 def flat_params(cfg: StudyConfig) -> dict[str, Any]:
     """The study config as dotted keys (for MLflow params of the parent run)."""
     return flatten(cfg.model_dump(mode="json"))
+
+
+def effective_values(config: dict[str, Any], n_train: int | None) -> dict[str, Any]:
+    """What a trial with this flat config trains with (``TrialConfig.effective``: the alpha, the
+    module names, the data size and steps); ``{}`` for a config that is not a valid trial config."""
+    try:
+        return TrialConfig.from_dict(config).effective(n_train)
+    except ConfigError:
+        return {}

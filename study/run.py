@@ -214,7 +214,7 @@ def _tuner(prep: Prepared, parent_run_id: str):
     from .console.progress import ProgressView
     from .search.journal import OptunaJournalCallback
     from .search.registry import build_search
-    from .search.space import param_space
+    from .search.space import param_space, seed_names
     from .storage.atomic_fs import AtomicLocalFS, DiskFullWatch
     from .storage.repair import RepairCheckpointRecords
     from .tracking.tracker import MLflowTracker
@@ -233,10 +233,13 @@ def _tuner(prep: Prepared, parent_run_id: str):
     metric, mode = cfg.study.metric, cfg.study.mode
     callbacks.insert(0, DiskFullWatch(prep.paths.storage))
     if plan.journal:
-        callbacks.append(OptunaJournalCallback(search_alg, prep.paths.journal))
+        callbacks.append(OptunaJournalCallback(search_alg, prep.paths.journal, study_name=prep.paths.name, metric=metric))
     pruned_signal = scheduler if hasattr(scheduler, "was_pruned") else None
-    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=pruned_signal, searched=sorted(cfg.search)))
-    callbacks.append(ProgressView(sorted(cfg.search), metric, mode, pruned_signal=pruned_signal))
+    callbacks.append(MLflowTracker(prep.tracking_uri, parent_run_id, pruned_signal=pruned_signal, searched=sorted(cfg.search),
+                                   n_train=cfg.shared_n_train(prep.n_train), experiment_path=prep.paths.experiment,
+                                   searcher=search_alg if plan.journal else None, log_datasets=True))
+    callbacks.append(ProgressView(sorted(cfg.search), metric, mode, pruned_signal=pruned_signal, num_samples=cfg.study.num_samples,
+                                  time_budget_s=cfg.study.time_budget_s, seeds=seed_names(cfg)))
     callbacks.append(RepairCheckpointRecords())
     tune_config = tune.TuneConfig(
         search_alg=search_alg, scheduler=scheduler, num_samples=cfg.study.num_samples,
@@ -295,7 +298,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     from .console.labels import legend
     from .storage.atomic_fs import DiskFullError
     from .tracking.queue import undelivered_operations
-    from .tracking.runs import finish_parent_run, start_parent_run
+    from .tracking.runs import finish_parent_run, start_parent_run, system_metrics
     from .tracking.server import configure_mlflow_http, tracking_problem
     from .tracking.summary import print_summary, summarize
 
@@ -323,7 +326,9 @@ def execute(prep: Prepared, address: str | None) -> int:
     print(f"study {paths.name}: {cfg.study.num_samples} trials, {cfg.study.max_concurrent} at a time, best {cfg.study.metric} wins"
           + (" (resumed)" if prep.resume else ""), flush=True)
     print(f"  searching {legend(sorted(cfg.search))}" if cfg.search else "  nothing searched", flush=True)
-    print(f"  results {paths.experiment}\n  log     {log_path}\n  MLflow  {prep.tracking_uri} (experiment {experiment})\n", flush=True)
+    print(f"  results  {paths.experiment}\n  watch    tail -f {log_path}", flush=True)
+    runs, report = _where_to_look(prep, parent)
+    print(f"  MLflow   {runs}\n  report   {report}   (also while the study runs)\n", flush=True)
     started_ray = _init_ray(address)
     t0 = time.time()
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
@@ -331,7 +336,8 @@ def execute(prep: Prepared, address: str | None) -> int:
     tuner, _ = _tuner(prep, parent)
     interrupted = False
     try:
-        results = tuner.fit()
+        with system_metrics(prep.tracking_uri, parent, resume=prep.resume):
+            results = tuner.fit()
     except KeyboardInterrupt:
         interrupted, results = True, None
     except DiskFullError as e:
@@ -361,7 +367,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     closed = finish_parent_run(prep.tracking_uri, parent, status="FINISHED", summary=_parent_summary(summary),
                                timeout_s=5.0 if undelivered else 60.0)
     print_summary(summary)
-    _print_next_steps(prep, parent)
+    _print_next_steps(prep, parent, summary.get("registered_model"))
     missing = ([f"{undelivered} operations (trial runs, metrics) not delivered"] if undelivered else []) \
         + (["the best adapter not registered"] if summary.get("best") and not summary.get("registered_model") else []) \
         + ([f"parent run {parent} not closed"] if not closed else [])
@@ -438,13 +444,15 @@ def _describe_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> None
     if not summary.get("best"):
         return
     try:
-        describe_best(prep.tracking_uri, parent, summary["best"], sorted(prep.cfg.search), prep.cfg.study.metric)
+        describe_best(prep.tracking_uri, parent, summary["best"], sorted(prep.cfg.search), prep.cfg.study.metric,
+                      prep.cfg.shared_n_train(prep.n_train))
     except Exception as e:  # bookkeeping only: the study's results stand
         log.warning("could not record the best trial on the MLflow parent run: %s", e)
 
 
-def _print_next_steps(prep: Prepared, parent: str) -> None:
-    """Where to look next: the MLflow runs table (command and URL) and the HTML report."""
+def _where_to_look(prep: Prepared, parent: str) -> tuple[str, str]:
+    """How to open the study's MLflow runs table (the command for a local store, and the page
+    with its experiment id) and the command that writes the HTML report."""
     uri, name = prep.tracking_uri, prep.paths.name
     try:
         from mlflow import MlflowClient
@@ -452,20 +460,31 @@ def _print_next_steps(prep: Prepared, parent: str) -> None:
         experiment_id = MlflowClient(uri).get_run(parent).info.experiment_id
     except Exception:  # MLflow unreachable now: the command still tells where to look
         experiment_id = None
-    page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs" if experiment_id else "http://127.0.0.1:5000"
-    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
-        print(f"\nruns table: .venv/bin/mlflow ui --backend-store-uri {uri}   then open {page}")
+    runs = f"#/experiments/{experiment_id}/runs" if experiment_id else ""
+    if is_local_tracking_uri(uri):
+        table = f".venv/bin/mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{runs}"
     else:
-        print(f"\nruns table: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs" if experiment_id else f"\nruns table: {uri}")
-    print(f"report:     .venv/bin/python -m dashboards.report --study {name}"
-          + ("" if prep.paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {prep.paths.storage}"), flush=True)
+        table = f"{uri.rstrip('/')}/{runs}"
+    report = f".venv/bin/python -m dashboards.report --study {name}" + (
+        "" if prep.paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {prep.paths.storage}")
+    return table, report
+
+
+def _print_next_steps(prep: Prepared, parent: str, registered: dict[str, Any] | None = None) -> None:
+    """Where to look next: the MLflow runs table, the HTML report and, with a registered model,
+    the command that serves its ``@best`` version."""
+    table, report = _where_to_look(prep, parent)
+    print(f"\nruns table: {table}\nreport:     {report}", flush=True)
+    if registered:
+        print(f"serve:      MLFLOW_TRACKING_URI={prep.tracking_uri} PATH=.venv/bin:$PATH mlflow models serve "
+              f"-m models:/{registered['name']}@best --env-manager local --port 5001", flush=True)
 
 
 def _parent_params(prep: Prepared) -> dict[str, str]:
     """The parent run's params: the study config, and the rows ``data.drop_empty`` dropped."""
     from .tracking.runs import study_params
 
-    params = study_params(prep.cfg)
+    params = study_params(prep.cfg, prep.n_train)
     if "data_dropped_empty" in prep.record:
         params["data.dropped_empty"] = str(prep.record["data_dropped_empty"])
     return params

@@ -8,7 +8,8 @@ it only through these names (an import-linter contract in ``pyproject.toml`` kee
   ``preflight`` (every trial a study may run can start, checked before Ray), ``verify_checkpoint``;
 * trained models: ``load_classifier``/``Classifier`` and the export format (``write_adapter``,
   ``finish_export`` …), so every loader answers exactly like the trial's own evaluation;
-* data files: ``read_table``, ``load_splits``, ``find_split``, ``LABELLED_FORMATS``, ``DataError``.
+* data files: ``read_table``, ``load_splits``, ``find_split``, ``LABELLED_FORMATS``, ``DataError``,
+  ``split_frames`` (the rows a trial trains and is evaluated on).
 
 Inside: ``config`` (typed, validated once), ``data`` (files → tokenized splits → batches),
 ``model`` (base model + PEFT LoRA), ``pooling`` (mean pooling), ``dropout`` (fast CPU dropout),
@@ -46,6 +47,7 @@ __all__ = [
     "POOLER",
     "read_table",
     "load_splits",
+    "split_frames",
     "DataError",
     "find_split",
     "LABELLED_FORMATS",
@@ -72,6 +74,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "POOLER": ("export", "POOLER"),
     "read_table": ("data", "read_table"),
     "load_splits": ("data", "load_splits"),
+    "split_frames": ("data", "split_frames"),
     "DataError": ("data", "DataError"),
     "find_split": ("data", "find_split"),
     "LABELLED_FORMATS": ("data", "LABELLED_FORMATS"),

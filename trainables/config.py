@@ -9,9 +9,10 @@ is started or a model is loaded.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +24,8 @@ __all__ = [
     "ModelSection",
     "TrainSection",
     "TrialConfig",
+    "Steps",
+    "TRAIN_SPLIT_KEYS",
     "TARGET_PRESETS",
     "DEFAULT_MODEL",
     "EMBEDDED_DATA",
@@ -90,6 +93,20 @@ def size_count(size: int | float | None, n_train: int) -> int:
     if isinstance(size, float):
         return int(round(size * n_train))
     return int(size)
+
+
+#: Keys that change the train split itself (so its size ``n_train``): a study that searches one of
+#: these cannot derive a trial's counts from the one ``n_train`` its preflight measured.
+TRAIN_SPLIT_KEYS = ("data.path", "data.hub_config", "data.dev_fraction", "data.holdout_size",
+                    "data.text_column", "data.label_column")
+
+
+class Steps(NamedTuple):
+    """What a trial's schedule comes to on a train subset of a given size."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
 
 
 class _Section(BaseModel):
@@ -272,6 +289,14 @@ class TrainSection(_Section):
     time (paid once per process and shape) and the speed-up are not yet measured on a GPU
     (``benchmarks/gpu_check.py`` does)."""
 
+    def steps(self, n: int) -> Steps:
+        """The schedule on ``n`` training examples: the loop trains exactly this (one owner of the
+        arithmetic, so what MLflow shows is what ran). A fractional last epoch is its share of the
+        epoch's batches, rounded up."""
+        steps_per_epoch = math.ceil(n / self.batch_size)
+        total_steps = max(1, math.ceil(self.epochs * steps_per_epoch))
+        return Steps(steps_per_epoch, total_steps, int(round(self.warmup_ratio * total_steps)))
+
     @field_validator("pad_multiple", mode="before")
     @classmethod
     def _pad_multiple(cls, v: Any) -> Any:
@@ -305,6 +330,42 @@ class TrialConfig(_Section):
 
     def to_flat(self) -> dict[str, Any]:
         return flatten(self.model_dump())
+
+    def effective(self, n_train: int | None, varied: Iterable[str] = ()) -> dict[str, Any]:
+        """The values this config trains with where it only says how to derive them, as dotted keys:
+        ``lora.alpha`` (``alpha_multiple × r``), ``lora.target_modules`` (a preset's module names,
+        the preset kept as ``lora.target_modules_preset``), ``data.size`` (``all`` or a fraction as
+        the count taken from a train split of ``n_train``, a fraction kept as ``data.size_fraction``)
+        and the schedule that comes to (``train.steps_per_epoch``, ``train.total_steps``,
+        ``train.warmup_steps``). The samples a trial sees in all (``samples_total``) depend on its
+        batch order too; the trial reports them.
+
+        Why: a config says ``lora.alpha: 16`` while the trial trains with ``alpha_multiple × r``; MLflow,
+        the summary and the report show these values instead, computed as the trial computes them.
+        ``n_train=None`` (unknown) leaves out what needs it; values computed from a key in ``varied``
+        (a study's searched keys, for the config every trial starts from) are left out too."""
+        out: dict[str, Any] = {"lora.alpha": float(self.lora.effective_alpha()), "lora.target_modules": self.lora.module_list()}
+        if isinstance(self.lora.target_modules, str):
+            out["lora.target_modules_preset"] = self.lora.target_modules
+        if n_train is not None:
+            n = self.data.count(n_train)
+            out["data.size"] = n
+            if isinstance(self.data.size, float):
+                out["data.size_fraction"] = self.data.size
+            out.update({f"train.{k}": v for k, v in self.train.steps(n)._asdict().items()})
+        varied = set(varied)
+        inputs = self._effective_inputs()
+        return {k: v for k, v in out.items() if not varied & inputs[k]}
+
+    def _effective_inputs(self) -> dict[str, set[str]]:
+        """The config keys each effective value is computed from."""
+        alpha = {"lora.alpha", "lora.alpha_multiple"} | ({"lora.r"} if self.lora.alpha_multiple is not None else set())
+        size = {"data.size", *TRAIN_SPLIT_KEYS}
+        steps = size | {"train.batch_size", "train.epochs"}
+        return {"lora.alpha": alpha, "lora.target_modules": {"lora.target_modules"},
+                "lora.target_modules_preset": {"lora.target_modules"}, "data.size": size, "data.size_fraction": {"data.size"},
+                "train.steps_per_epoch": size | {"train.batch_size"}, "train.total_steps": steps,
+                "train.warmup_steps": steps | {"train.warmup_ratio"}}
 
 
 def format_validation_error(e: ValidationError, prefix: str = "") -> str:

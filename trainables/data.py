@@ -44,6 +44,7 @@ __all__ = [
     "find_split",
     "TABLE_FORMATS",
     "LABELLED_FORMATS",
+    "split_frames",
 ]
 
 #: Table formats by suffix → whether the format holds columns (texts and labels). The one list
@@ -527,3 +528,25 @@ def prepare_data(cfg: DataSection, tokenizer: Any) -> TrialData:
         val=val,
         dropped_empty=raw.dropped_empty,
     )
+
+
+def split_frames(cfg: DataSection) -> tuple[str, dict[str, Any]]:
+    """Where the data came from, and the examples a trial with data config ``cfg`` trains and is
+    evaluated on as pandas frames (text and label name columns): ``train`` (its ``data.size``
+    subset), ``validation`` (with ``data.holdout_size``) and ``dev``. Why: tracking describes the
+    data each trial saw (MLflow dataset inputs) from the very rows the trial draws, not from a
+    second reading of the config."""
+    import pandas as pd
+
+    raw = _raw_cached(cfg.model_copy(update={"size": None}).model_dump_json())
+    names = np.asarray(raw.label_names, dtype=object)
+
+    def frame(texts: list[str], labels: np.ndarray) -> Any:
+        return pd.DataFrame({cfg.text_column: texts, cfg.label_column: names[labels]})
+
+    keep = subset_indices(raw.train_labels, cfg.size, cfg.seed)
+    frames = {"train": frame([raw.train_texts[i] for i in keep], raw.train_labels[keep])}
+    if raw.val_texts is not None:
+        frames["validation"] = frame(raw.val_texts, raw.val_labels)
+    frames["dev"] = frame(raw.dev_texts, raw.dev_labels)
+    return raw.source, frames

@@ -34,7 +34,6 @@ time.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import tempfile
 import time
@@ -106,6 +105,7 @@ class Plan:
     eval_every: int | None  # samples; None = at each epoch end
     total_samples: int  # what the trial sees if nothing stops it (a scheduler stop shows as less)
     eval_at: tuple[int, ...] = ()  # extra evaluation points (samples)
+    warmup_steps: int = 0
 
     @property
     def scheduled(self) -> bool:
@@ -164,20 +164,23 @@ def build_optimizer(model: torch.nn.Module, cfg: TrialConfig, plan: Plan):
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
     except RuntimeError:  # pragma: no cover - a device without the fused kernel
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    warmup = int(round(cfg.train.warmup_ratio * plan.total_steps))
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, plan.total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
     return optimizer, scheduler
 
 
-def make_plan(cfg: TrialConfig, n_train: int) -> Plan:
-    bs = cfg.train.batch_size
-    steps_per_epoch = math.ceil(n_train / bs)
-    total_steps = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-    full, rest = divmod(total_steps, steps_per_epoch)
-    last = n_train - (steps_per_epoch - 1) * bs  # the one short batch of each epoch
-    partial = sum(bs if i < steps_per_epoch - 1 else last for i in range(rest)) if rest else 0
-    return Plan(steps_per_epoch, total_steps, cfg.train.eval_every_samples, full * n_train + partial,
-                tuple(cfg.train.eval_at_samples or ()))
+def make_plan(cfg: TrialConfig, n_train: int, lengths: np.ndarray | None = None) -> Plan:
+    """The schedule (``TrainSection.steps``: what MLflow shows as the trial's steps) and its
+    evaluation points. ``total_samples`` counts the batches of a fractional last epoch as the
+    trial draws them (``lengths``: the train split's token counts, which set the batch order; the
+    epoch's one short batch can be among them); without ``lengths`` they count as full batches."""
+    steps = cfg.train.steps(n_train)
+    full, rest = divmod(steps.total_steps, steps.steps_per_epoch)
+    if rest and lengths is not None:
+        partial = sum(len(b) for b in make_batches(lengths, cfg.train.batch_size, cfg.train.seed, full, cfg.train.bucket_chunk)[:rest])
+    else:
+        partial = rest * cfg.train.batch_size
+    return Plan(steps.steps_per_epoch, steps.total_steps, cfg.train.eval_every_samples, full * n_train + partial,
+                tuple(cfg.train.eval_at_samples or ()), steps.warmup_steps)
 
 
 # --------------------------------------------------------------------------- loop
@@ -371,7 +374,7 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
     if cfg.train.fast_dropout and device.type == "cpu":
         use_fast_dropout(model)  # CPU dropout masks were 16% of a step (see trainables/dropout.py)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    plan = make_plan(cfg, len(data.train))
+    plan = make_plan(cfg, len(data.train), data.train.lengths)
     optimizer, scheduler = build_optimizer(model, cfg, plan)
     state, history = TrainState(next_eval_at=plan.next_eval(0)), []
     if resume is not None:

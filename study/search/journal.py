@@ -19,7 +19,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .asha import unwrap_searcher
 
-__all__ = ["OptunaJournalCallback", "get_optuna_study", "load_optuna_study", "read_optuna_journal", "save_optuna_study"]
+__all__ = ["OptunaJournalCallback", "get_optuna_study", "load_optuna_study", "read_optuna_journal", "save_optuna_study",
+           "link_trial"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +33,21 @@ class OptunaJournalCallback(Callback):
     :func:`save_optuna_study` (atomic replace): ``optuna-dashboard PATH`` opens it with no code,
     and the report reads it as JSON lines.  Pickled in ``tuner.pkl`` together with the searcher,
     so after a restore it still sees the searcher the Tuner uses.  A failed write is a warning:
-    the journal is a view, never a reason to stop a study.
+    the journal is a view, never a reason to stop a study. The journal's study is named
+    ``study_name`` (the lora-study study's name) and its objective ``metric``, so optuna-dashboard
+    shows them rather than ``optuna`` and "Objective 0".
     """
 
-    def __init__(self, searcher: Any, path: str | os.PathLike) -> None:
+    def __init__(self, searcher: Any, path: str | os.PathLike, study_name: str | None = None, metric: str | None = None) -> None:
         self.searcher = searcher
         self.path = Path(path)
+        self.study_name = study_name
+        self.metric = metric
 
     def _save(self) -> None:
         try:
-            save_optuna_study(self.searcher, self.path)
+            save_optuna_study(self.searcher, self.path, getattr(self, "study_name", None),
+                              [self.metric] if getattr(self, "metric", None) else None)
         except Exception as e:
             logger.warning("Could not write the Optuna journal %s: %s", self.path, (str(e).splitlines() or [""])[0][:200])
 
@@ -92,9 +98,10 @@ def read_optuna_journal(path: str | os.PathLike) -> optuna.Study:
 
 
 def save_optuna_study(
-    searcher_or_study: Any, path: str | os.PathLike, study_name: str | None = None
+    searcher_or_study: Any, path: str | os.PathLike, study_name: str | None = None, metric_names: list[str] | None = None
 ) -> Path:
-    """Write the study's trials to an Optuna journal file (``JournalStorage``).
+    """Write the study's trials to an Optuna journal file (``JournalStorage``), as ``study_name``
+    with its objectives named ``metric_names`` when given.
 
     The in-memory study only lives in Ray's pickled searcher state; a journal
     file can be opened by plain Optuna (``optuna.load_study(study_name=...,
@@ -120,8 +127,27 @@ def save_optuna_study(
             to_storage=storage,
             to_study_name=study_name or study.study_name,
         )
+        if metric_names:
+            optuna.load_study(study_name=study_name or study.study_name, storage=storage).set_metric_names(metric_names)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def link_trial(searcher: Any, ray_trial_id: str, attrs: dict[str, str]) -> bool:
+    """Set user attributes (e.g. the trial's MLflow run id) on the Optuna trial the searcher asked
+    for Ray trial ``ray_trial_id``; False when there is none or it is already finished (Optuna
+    freezes finished trials). Works for every Optuna-backed searcher (Ray's ``OptunaSearch``
+    keeps Ray trial id → Optuna trial)."""
+    trial = getattr(unwrap_searcher(searcher), "_ot_trials", {}).get(ray_trial_id)
+    if trial is None:
+        return False
+    try:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+    except Exception as e:  # a finished trial, or a searcher of another kind
+        logger.info("Optuna trial of %s not linked: %s", ray_trial_id, e)
+        return False
+    return True

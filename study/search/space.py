@@ -9,6 +9,7 @@ what MLflow shows as params.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trainables.config import ALL_SIZES, DataSection
@@ -16,7 +17,8 @@ from trainables.config import ALL_SIZES, DataSection
 if TYPE_CHECKING:
     from ..config import Distribution, StudyConfig
 
-__all__ = ["SEED_RECIPES", "param_space", "seed_points", "in_space", "max_samples", "asha_rungs", "describe"]
+__all__ = ["SEED_RECIPES", "SEED_NAMES", "SeedPoints", "param_space", "seed_points", "seed_names", "in_space", "max_samples",
+           "asha_rungs", "describe"]
 
 #: The two hand-picked recipes lora-study starts from (see ``../shared/seeds``):
 #: notebook 000 (r=4, alpha=16, lr=1e-4, query+value) and notebook 002 (PEFT r=8, alpha=16,
@@ -25,6 +27,8 @@ SEED_RECIPES: list[dict[str, Any]] = [
     {"lora.r": 4, "lora.alpha": 16, "lora.dropout": 0.0, "lora.target_modules": "qv", "train.lr": 1e-4},
     {"lora.r": 8, "lora.alpha": 16, "lora.dropout": 0.1, "lora.target_modules": "qv"},
 ]
+#: The recipes' names: the notebooks they come from (``trainables/configs/seed-000.yaml`` …).
+SEED_NAMES = ("seed-000", "seed-002")
 
 
 def _to_tune(dist: Distribution):
@@ -76,6 +80,32 @@ def seed_points(cfg: StudyConfig) -> list[dict[str, Any]]:
             values["lora.alpha_multiple"] = values["lora.alpha"] / values["lora.r"]
         points.append({k: _pick(d, values.get(k)) if in_space(d, values.get(k)) else _default(d) for k, d in cfg.search.items()})
     return points if cfg.search else []
+
+
+@dataclass(frozen=True)
+class SeedPoints:
+    """The seed recipes of a study by name, as points over its searched keys: tells which trials
+    are the seeds (the console and the summary mark them)."""
+
+    points: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def of(self, config: dict[str, Any]) -> str | None:
+        """The name of the seed recipe a (flat) trial config is, or ``None``."""
+        for name, point in self.points.items():
+            if point and all(_close(config.get(k), v) for k, v in point.items()):
+                return name
+        return None
+
+
+def seed_names(cfg: StudyConfig) -> SeedPoints:
+    """The study's seed points by recipe name (none when ``study.seed_points`` is off)."""
+    return SeedPoints(dict(zip(SEED_NAMES, seed_points(cfg))) if cfg.study.seed_points else {})
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return _same(a, b)
 
 
 def _default(dist: Distribution) -> Any:

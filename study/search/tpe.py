@@ -22,12 +22,14 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import flatten_dict
 
-__all__ = ["PrunedFeedbackOptunaSearch", "ForwardingConcurrencyLimiter", "make_searcher", "RAY_TRIAL_ID_ATTR"]
+__all__ = ["PrunedFeedbackOptunaSearch", "ForwardingConcurrencyLimiter", "make_searcher", "RAY_TRIAL_ID_ATTR", "MLFLOW_RUN_ID_ATTR"]
 
 logger = logging.getLogger(__name__)
 
 #: Optuna user attribute holding the Ray trial id (joins Optuna <-> Tune <-> MLflow).
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
+#: Optuna user attribute holding the trial's MLflow run id (set by the study's MLflow tracker).
+MLFLOW_RUN_ID_ATTR = "mlflow_run_id"
 
 
 def _finite(value: Any) -> bool:

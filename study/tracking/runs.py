@@ -1,32 +1,38 @@
 """The study's MLflow runs: one experiment per study, a parent run, one child run per trial.
 
-Layout: the parent run carries the study's fixed config, its search space as ``search.<key>``
-and, at the end, the best trial's values as ``best.<key>``; each trial's child run (tags
-``mlflow.parentRunId``, ``ray_trial_id``, ``lora_study.role=trial``, ``lora_study.state``) carries
-its config and the project's metrics as step series at ``step = samples_seen``, the ASHA
-fidelity, so curves of trials with different batch sizes line up.
+Layout: the parent run carries the study's fixed config, its search space as ``search.<key>``,
+the node's system metrics while the trials run and, at the end, the best trial's values as
+``best.<key>``; each trial's child run (tags ``mlflow.parentRunId``, ``ray_trial_id``,
+``lora_study.role=trial``, ``lora_study.state``, the git commit, its checkpoint) carries its config,
+its datasets and the project's metrics as step series at ``step = samples_seen``, the ASHA
+fidelity, so curves of trials with different batch sizes line up. Params are the values a trial
+trains with (``TrialConfig.effective``): ``lora.alpha`` is ``alpha_multiple × r`` where a multiple is
+set, ``data.size`` a count, a preset the module names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import time
 from numbers import Number
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from trainables.config import flatten
 
+from ..config import effective_values
 from ..console.labels import short_values, trial_label
 from .server import client as _client
 
 __all__ = [
     "flatten_params", "study_params", "start_parent_run", "finish_parent_run", "describe_best", "trial_run_id",
-    "log_params_and_tags", "quote", "STUDY_TAG", "ROLE_TAG", "STATE_TAG", "TRIAL_ID_TAG", "PARENT_TAG", "GIT_TAG",
+    "log_params_and_tags", "log_new_params", "system_metrics", "quote", "STUDY_TAG", "ROLE_TAG", "STATE_TAG",
+    "TRIAL_ID_TAG", "PARENT_TAG", "GIT_TAG", "TRIAL_DIR_TAG", "CHECKPOINT_TAG",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ STATE_TAG = "lora_study.state"
 TRIAL_ID_TAG = "ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 GIT_TAG = "mlflow.source.git.commit"
+TRIAL_DIR_TAG = "lora_study.trial_dir"  # the trial's directory in the study's storage
+CHECKPOINT_TAG = "lora_study.checkpoint"  # its newest checkpoint (Ray always keeps the newest)
 
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _MAX_TAG_LEN = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
@@ -54,14 +62,19 @@ def _dist_text(dist: Any) -> str:
     return f"{dist.kind} {list(v)}"
 
 
-def study_params(cfg: Any) -> dict[str, str]:
+def study_params(cfg: Any, n_train: int | None = None) -> dict[str, str]:
     """The parent run's params for a ``StudyConfig``: every trial's fixed config (defaults
-    included, unset keys left out), the search space as ``search.<key>`` (``choice [4, 8, 16]``)
-    *instead of* the base values it overrides (``lora.alpha`` too when ``lora.alpha_multiple`` is
-    searched: the multiple replaces it), and the study's own sections (``study.*``,
-    ``asha.*``, ``optuna.*``, ``resources.*``, ``storage.*``, ``mlflow.*``)."""
-    overridden = set(cfg.search) | ({"lora.alpha"} if "lora.alpha_multiple" in cfg.search else set())
-    fixed = {k: v for k, v in cfg.trial.to_flat().items() if k not in overridden}
+    included, unset keys left out) with the values trials train with where those are the same in
+    every trial (``lora.alpha`` = multiple × r, ``data.size`` as a count of the ``n_train`` split,
+    the steps …), the search space as ``search.<key>`` (``choice [4, 8, 16]``) *instead of* the base
+    values it overrides (and of values derived from a searched key: ``lora.alpha`` when the rank or
+    the multiple is searched), and the study's own sections (``study.*``, ``asha.*``, ``optuna.*``,
+    ``resources.*``, ``storage.*``, ``mlflow.*``)."""
+    n_train = cfg.shared_n_train(n_train)
+    shared = cfg.trial.effective(n_train, varied=cfg.search)
+    varying = set(cfg.trial.effective(n_train)) - set(shared)
+    overridden = set(cfg.search) | varying | ({"lora.alpha"} if "lora.alpha_multiple" in cfg.search else set())
+    fixed = {k: v for k, v in {**cfg.trial.to_flat(), **shared}.items() if k not in overridden}
     sections = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("model", "data", "lora", "train", "search")}
     params = flatten_params({**fixed, **flatten(sections)})
     params.update({f"search.{k}": _dist_text(d)[:_MAX_PARAM_LEN] for k, d in sorted(cfg.search.items())})
@@ -95,6 +108,36 @@ def log_params_and_tags(
     tags_l = [RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()]
     for i in range(0, max(len(params_l), len(tags_l)), _BATCH):
         client.log_batch(run_id, params=params_l[i : i + _BATCH], tags=tags_l[i : i + _BATCH])
+
+
+def log_new_params(client: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, Any]) -> None:
+    """``tags`` and those of ``params`` the run does not have yet. Why: MLflow params are written
+    once; a resumed study logs them again, and a run written by an earlier version of this code
+    may hold another spelling (``qv`` where the module names now stand), which MLflow would refuse."""
+    have = client.get_run(run_id).data.params if params else {}
+    log_params_and_tags(client, run_id, {k: v for k, v in params.items() if k not in have}, tags)
+
+
+@contextlib.contextmanager
+def system_metrics(tracking_uri: str, run_id: str, resume: bool = False, interval_s: float = 10.0) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where ``pynvml`` sees one) of this
+    node on the run ``run_id`` while the block runs, every ``interval_s``. The study puts them on
+    its parent run: trials run in Ray's worker processes, which know nothing of MLflow, and
+    per-trial monitors in the driver would all measure the same node. Never stops the study:
+    without ``psutil`` or MLflow it logs why and runs the block as is."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=resume, tracking_uri=tracking_uri)
+        monitor.start()
+    except Exception as e:  # psutil missing, MLflow unreachable
+        logger.info("no system metrics on run %s: %s", run_id, (str(e).splitlines() or [type(e).__name__])[0][:200])
+        monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 def start_parent_run(
@@ -201,11 +244,12 @@ def trial_run_id(tracking_uri: str, parent_run_id: str, trial_id: str) -> str | 
 
 
 def describe_best(tracking_uri: str, parent_run_id: str, best: dict[str, Any], searched: Iterable[str],
-                  metric: str = "accuracy") -> str | None:
-    """Put the best trial on the study's parent run: its searched values as params
-    ``best.<key>``, tags ``lora_study.best_trial`` / ``lora_study.best_run_id``, and a description
-    (``mlflow.note.content``, shown on the run page) naming it with a link to its run. Returns the
-    best trial's run id (``None`` if it has no run)."""
+                  metric: str = "accuracy", n_train: int | None = None) -> str | None:
+    """Put the best trial on the study's parent run: its searched values and the values it trained
+    with (``lora.alpha``, ``data.size``, the steps …: from its ``config`` and the ``n_train`` split)
+    as params ``best.<key>``, tags ``lora_study.best_trial`` / ``lora_study.best_run_id``, and a
+    description (``mlflow.note.content``, shown on the run page) naming it with a link to its run.
+    Returns the best trial's run id (``None`` if it has no run)."""
     client = _client(tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     run_id = trial_run_id(tracking_uri, parent_run_id, best["trial_id"])
@@ -220,5 +264,6 @@ def describe_best(tracking_uri: str, parent_run_id: str, best: dict[str, Any], s
             "mlflow.note.content": note + "."}
     if run_id:
         tags["lora_study.best_run_id"] = run_id
-    log_params_and_tags(client, parent_run_id, flatten_params({f"best.{k}": v for k, v in values.items()}), tags)
+    trained = {**values, **effective_values(best.get("config") or {}, n_train)}
+    log_new_params(client, parent_run_id, flatten_params({f"best.{k}": v for k, v in trained.items()}), tags)
     return run_id

@@ -1,5 +1,9 @@
 """The study's end-of-run summary: best trial, trial counts, wall time → ``summary.json`` + a table.
 
+Each trial carries its searched ``params`` and what it trained with (``effective``: ``lora.alpha`` =
+multiple × r, ``data.size`` as a count, the module names, the steps), and ``seed`` names the seed
+recipe it is (``seed-000``), if any.
+
 A trial's state is read from what it reported, so the same rule works for a live Tuner, a
 restored one and a finished experiment on disk: *completed* = it saw all the samples it planned
 (``samples_seen == samples_total``), *pruned* = the scheduler stopped it earlier, *failed* = Ray
@@ -12,6 +16,8 @@ from typing import Any
 
 __all__ = ["summarize", "print_summary", "trial_rows", "trial_state"]
 
+#: Effective keys that only repeat how the config spelled a value (shown beside the value itself).
+_SPELLINGS = ("lora.target_modules_preset", "data.size_fraction")
 _REPORTED = ("accuracy", "f1", "eval_loss", "train_loss", "samples_seen", "samples_total", "trainable_params", "samples_per_s", "epoch")
 
 
@@ -79,11 +85,16 @@ def _best_of(items: list[Any], score: Any, mode: str, tiebreak: Any) -> Any:
 
 def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[str, Any]:
     """Everything a person (or export, or the dashboards) wants to know about a study."""
-    from ..config import StudyConfig
+    from ..config import StudyConfig, effective_values
+    from ..search.space import seed_names
 
     cfg = StudyConfig.from_record(record, paths.study_json)
     metric, mode = cfg.study.metric, cfg.study.mode
     rows = trial_rows(paths.experiment, metric, mode, sorted(cfg.search))
+    n_train, seeds = cfg.shared_n_train(record.get("n_train")), seed_names(cfg)
+    for r in rows:
+        r["effective"] = _jsonable(effective_values(r["config"], n_train))
+        r["seed"] = seeds.of(r["config"])
     counts = {s: sum(r["state"] == s for r in rows) for s in ("completed", "pruned", "failed", "unfinished")}
     counts["total"] = len(rows)
     scored = [r for r in rows if r["best"].get(metric) is not None and r["checkpoint"]]
@@ -91,7 +102,7 @@ def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[s
     if scored:
         top = _best_of(scored, lambda r: r["best"][metric], mode, tiebreak=lambda r: r["trial_id"])
         best = {"trial_id": top["trial_id"], **top["best"], "state": top["state"], "params": top["params"],
-                "config": top["config"], "checkpoint": top["checkpoint"]}
+                "effective": top["effective"], "config": top["config"], "checkpoint": top["checkpoint"]}
     return {
         "name": paths.name,
         "metric": metric,
@@ -103,8 +114,13 @@ def summarize(paths: Any, record: dict[str, Any], results: Any = None) -> dict[s
         "compute_s": round(sum(r["time_total_s"] or 0.0 for r in rows), 1),
         "trials": counts,
         "best": best,
-        "table": [{k: r[k] for k in ("trial_id", "state", "params", "best", "last", "checkpoint", "node_ip")} for r in rows],
+        "table": [{k: r[k] for k in ("trial_id", "state", "seed", "params", "effective", "best", "last", "checkpoint", "node_ip")}
+                  for r in rows],
     }
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -116,24 +132,36 @@ def print_summary(summary: dict[str, Any]) -> None:
     if not best:
         print("no trial reported a result")
         return
-    print(f"best trial {best['trial_id']} ({best.get('state')}): {metric} {_shown(metric, best.get(metric))}, "
+    seed = next((r.get("seed") for r in summary["table"] if r["trial_id"] == best["trial_id"] and r.get("seed")), None)
+    print(f"best trial {best['trial_id']} ({best.get('state')}{f', the {seed} recipe' if seed else ''}): {metric} {_shown(metric, best.get(metric))}, "
           f"f1 {_shown('f1', best.get('f1'))}, {best.get('trainable_params', 0):,} trainable params, at {best.get('samples_seen')} samples")
+    effective = best.get("effective") or {}
     for k, v in best["params"].items():
-        print(f"  {k} = {v}")
+        print(f"  {k} = {'all' if v is None and k == 'data.size' else v}" + (f" ({_fmt(effective[k])})" if k in effective and effective[k] != v else ""))
+    varying = _varying(summary["table"])
+    trained = [f"{k} = {_fmt(effective[k])}" for k in varying if k not in best["params"] and k in effective and k not in _SPELLINGS]
+    if trained:
+        print("  trained with " + ", ".join(trained))
     keys = list(best["params"])
+    shown_effective = [k for k in ("lora.alpha",) if k in varying and k not in keys]  # alpha: the multiple's product
     rows = sorted(summary["table"], key=lambda r: -(r["best"].get(metric) or -1) if summary.get("mode", "max") == "max"
                   else (r["best"].get(metric) if r["best"].get(metric) is not None else float("inf")))
-    table = [["trial", "state", metric, "samples", *keys]]
+    seeds = any(r.get("seed") for r in rows)
+    table = [["trial", "state", metric, "samples", *keys, *shown_effective, *(["recipe"] if seeds else [])]]
     for r in rows:
         table.append([r["trial_id"], r["state"], _shown(metric, r["best"].get(metric)), str(r["last"].get("samples_seen", "-")),
-                      *(_fmt(r["params"].get(k)) for k in keys)])
+                      *(_fmt(r["params"].get(k)) for k in keys), *(_fmt((r.get("effective") or {}).get(k)) for k in shown_effective),
+                      *([r.get("seed") or ""] if seeds else [])])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     right = {2, 3}  # numbers right-aligned
     print()
     for row in table:
         print("  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
-    if summary.get("registered_model"):
-        print(f"\nbest adapter registered as {summary['registered_model']['uri']}")
+    reg = summary.get("registered_model")
+    if reg:
+        alias = (f", alias @best (models:/{reg['name']}@best)" if reg.get("alias") == "best"
+                 else f"; models:/{reg['name']}@best stays on a better version registered before")
+        print(f"\nbest adapter registered as {reg['uri']}{alias}")
 
 
 def _shown(metric: str, v: Any) -> str:
@@ -148,4 +176,14 @@ def _duration(s: float) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _varying(table: list[dict[str, Any]]) -> list[str]:
+    """The effective keys whose value differs between trials (what the search changed), in order."""
+    keys: dict[str, None] = {}
+    for r in table:
+        keys.update(dict.fromkeys(r.get("effective") or {}))
+    return [k for k in keys if len({repr((r.get("effective") or {}).get(k)) for r in table}) > 1]

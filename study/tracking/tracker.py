@@ -6,6 +6,11 @@ runs. :class:`MLflowTracker` looks the trial → run map up in MLflow itself (by
 and parent run) whenever a trial starts, so a resumed trial continues its own run. Pruned trials
 end FINISHED with a state tag (they ended as planned), errors FAILED, trials still running at an
 interruption KILLED. Writes go through an :class:`~study.tracking.queue.OperationQueue`.
+
+A trial run carries the values the trial trains with (``TrialConfig.effective``: ``lora.alpha`` =
+multiple × r, ``data.size`` as a count, the module names, its steps; ``train.total_samples`` as the
+trial reports it), the git commit, its datasets (:mod:`study.tracking.datasets`), its directory and
+newest checkpoint as tags, and its Optuna trial gets the run's id (``mlflow_run_id``).
 """
 
 from __future__ import annotations
@@ -23,9 +28,24 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS, DONE, EXPERIMENT_TA
 
 from trainables.config import flatten
 
+from ..config import effective_values
 from ..console.labels import trial_label
+from ..search.journal import link_trial
+from ..search.tpe import MLFLOW_RUN_ID_ATTR, RAY_TRIAL_ID_ATTR
 from .queue import OperationQueue, record_undelivered
-from .runs import PARENT_TAG, ROLE_TAG, STATE_TAG, STUDY_TAG, TRIAL_ID_TAG, flatten_params, log_params_and_tags, quote
+from .runs import (
+    CHECKPOINT_TAG,
+    GIT_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    STATE_TAG,
+    STUDY_TAG,
+    TRIAL_DIR_TAG,
+    TRIAL_ID_TAG,
+    flatten_params,
+    log_new_params,
+    quote,
+)
 from .server import client as _client
 
 __all__ = ["MLflowTracker", "PrunedSignal"]
@@ -54,6 +74,12 @@ class MLflowTracker(Callback):
             Without it every trial that stops without error counts as completed.
         step_attr: result key used as the MLflow step (the ASHA fidelity).
         searched: the searched config keys; trial runs are named after their values.
+        n_train: the train split every trial draws from (``StudyConfig.shared_n_train``): trial
+            runs then show ``data.size`` as a count and the steps; ``None`` leaves those out.
+        experiment_path: the study's Ray experiment (``StudyPaths.experiment``), for the trial
+            directory and checkpoint tags (default: Ray's own path of the trial).
+        searcher: the Tuner's searcher; each Optuna trial behind it gets its run's id.
+        log_datasets: log each trial's datasets (train subset, validation, dev) as run inputs.
         retry_interval_s: wait this long after a failed MLflow call before
             trying to drain the buffer again.
         final_flush_timeout_s: how long ``on_experiment_end`` keeps retrying.
@@ -71,6 +97,10 @@ class MLflowTracker(Callback):
         pruned_signal: PrunedSignal | None = None,
         step_attr: str = "samples_seen",
         searched: Iterable[str] = (),
+        n_train: int | None = None,
+        experiment_path: str | None = None,
+        searcher: Any = None,
+        log_datasets: bool = False,
         retry_interval_s: float = 10.0,
         final_flush_timeout_s: float = 60.0,
     ) -> None:
@@ -79,15 +109,22 @@ class MLflowTracker(Callback):
         self.pruned_signal = pruned_signal
         self.step_attr = step_attr
         self.searched = list(searched)
+        self.n_train = n_train
+        self.experiment_path = experiment_path
+        self.searcher = searcher
+        self.log_datasets = log_datasets
         self.final_flush_timeout_s = final_flush_timeout_s
         self._queue = OperationQueue(retry_interval_s)
         self._client_obj: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._run_ids: dict[str, str] = {}  # cache only; MLflow is the source of truth
+        self._inputs: dict[str, list[Any]] = {}  # data config (JSON) -> its dataset inputs, built once
+        self._planned: set[str] = set()  # trials whose train.total_samples this driver has logged
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_client_obj"] = None  # not picklable / not worth pickling
+        state["_inputs"], state["_planned"] = {}, set()
         return state
 
     # -- public helpers -------------------------------------------------------------
@@ -105,14 +142,24 @@ class MLflowTracker(Callback):
         self._submit("sweep", None, None)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._submit("start", trial.trial_id, (self._run_name(trial), flatten_params(trial.config or {})))
+        config = trial.config or {}
+        params = flatten_params({**config, **effective_values(config, getattr(self, "n_train", None))})
+        tags = {TRIAL_DIR_TAG: self._trial_dir(trial)} if self._trial_dir(trial) else {}
+        self._submit("start", trial.trial_id, (self._run_name(trial), params, tags, self._dataset_inputs(config)))
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         metrics = self._metrics(result)
-        if metrics:
-            self._submit("metrics", trial.trial_id, metrics)
+        tags, params = {}, {}
+        if result.get("checkpoint_dir_name") and self._trial_dir(trial):
+            tags[CHECKPOINT_TAG] = f"{self._trial_dir(trial)}/{result['checkpoint_dir_name']}"
+        planned = getattr(self, "_planned", set())
+        if isinstance(result.get("samples_total"), Number) and trial.trial_id not in planned:
+            params["train.total_samples"] = str(int(result["samples_total"]))
+            planned.add(trial.trial_id)
+        if metrics or tags or params:
+            self._submit("metrics", trial.trial_id, {"metrics": metrics, "tags": tags, "params": params})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         pruned = self.pruned_signal is not None and self.pruned_signal.was_pruned(trial.trial_id)
@@ -146,6 +193,38 @@ class MLflowTracker(Callback):
         self._queue.items.extendleft(reversed(state.get("pending", [])))
 
     # -- internals --------------------------------------------------------------------
+    def _trial_dir(self, trial: Any) -> str | None:
+        """The trial's directory: in the study's experiment (a URI on remote storage), else Ray's path."""
+        path = getattr(trial, "path", None)
+        root = getattr(self, "experiment_path", None)
+        if not path:
+            return None
+        return f"{root.rstrip('/')}/{str(path).rstrip('/').rsplit('/', 1)[-1]}" if root else str(path)
+
+    def _dataset_inputs(self, config: dict) -> list[Any]:
+        """The trial's dataset inputs, built once per data config; none when off, or when they
+        cannot be built (a warning: datasets describe a study, they never stop one)."""
+        if not getattr(self, "log_datasets", False):
+            return []
+        try:
+            from trainables import TrialConfig
+
+            data = TrialConfig.from_dict(config).data
+            key = data.model_dump_json()
+            if key not in self._inputs:
+                from .datasets import dataset_inputs
+
+                self._inputs[key] = dataset_inputs(data)
+            return self._inputs[key]
+        except Exception as e:
+            logger.warning("No MLflow datasets for this trial's data: %s", (str(e).splitlines() or [type(e).__name__])[0][:200])
+            return []
+
+    def _link_optuna(self, trial_id: str, run_id: str) -> None:
+        """The Optuna trial behind ``trial_id`` names its MLflow run (user attributes)."""
+        if getattr(self, "searcher", None) is not None:
+            link_trial(self.searcher, trial_id, {RAY_TRIAL_ID_ATTR: trial_id, MLFLOW_RUN_ID_ATTR: run_id})
+
     def _run_name(self, trial: Any) -> str:
         """``<trial id> <searched values>`` (a tracker pickled before ``searched`` existed: the id)."""
         return trial_label(trial.trial_id, trial.config or {}, getattr(self, "searched", ()))[:250]
@@ -205,17 +284,11 @@ class MLflowTracker(Callback):
             return None
         else:
             parent_tags = self._client.get_run(self.parent_run_id).data.tags
-            run = self._client.create_run(
-                self._experiment(),
-                run_name=run_name,
-                tags={
-                    PARENT_TAG: self.parent_run_id,
-                    TRIAL_ID_TAG: trial_id,
-                    ROLE_TAG: "trial",
-                    STUDY_TAG: parent_tags.get(STUDY_TAG, ""),
-                    STATE_TAG: "running",
-                },
-            )
+            tags = {PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: trial_id, ROLE_TAG: "trial",
+                    STUDY_TAG: parent_tags.get(STUDY_TAG, ""), STATE_TAG: "running"}
+            if parent_tags.get(GIT_TAG):
+                tags[GIT_TAG] = parent_tags[GIT_TAG]
+            run = self._client.create_run(self._experiment(), run_name=run_name, tags=tags)
             run_id = run.info.run_id
         self._run_ids[trial_id] = run_id
         return run_id
@@ -234,18 +307,23 @@ class MLflowTracker(Callback):
                 client.set_tag(run.info.run_id, STATE_TAG, "interrupted")
                 client.set_terminated(run.info.run_id, status="KILLED")
         elif kind == "start":
-            run_name, params = payload
+            run_name, params, tags, inputs = (*payload, {}, [])[:4]  # a buffer restored from before tags: 2-tuples
             run_id = self._run_id(trial_id, run_name)
-            # Identical params may be re-logged (resumed trial); MLflow only rejects changes.
-            log_params_and_tags(client, run_id, params, {STATE_TAG: "running"})
+            log_new_params(client, run_id, params, {STATE_TAG: "running", **tags})  # a resumed trial logs its params again
+            if inputs:
+                client.log_inputs(run_id, datasets=inputs)
             if client.get_run(run_id).info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
+            self._link_optuna(trial_id, run_id)
         elif kind == "metrics":
             run_id = self._run_id(trial_id)
             if run_id is not None:
-                metrics = [Metric(k, v, ts, step) for k, v, ts, step in payload]
+                op = payload if isinstance(payload, dict) else {"metrics": payload}  # a buffer restored from before tags: a list
+                metrics = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
                 for i in range(0, len(metrics), 1000):
                     client.log_batch(run_id, metrics=metrics[i : i + 1000])
+                if op.get("tags") or op.get("params"):
+                    log_new_params(client, run_id, op.get("params") or {}, op.get("tags") or {})
         elif kind == "end":
             status, state, name = (*payload, None)[:3]  # a buffer restored from before names: 2-tuples
             run_id = self._run_id(trial_id)

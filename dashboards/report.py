@@ -94,10 +94,18 @@ def _summary_section(data: StudyData, max_t: int | None, rungs: list[int]) -> H.
     fixed: list[tuple[str, Any]] = [("study", data.name), ("model.name", base.model.name), ("data.path", base.data.path),
                                     ("train split (n_train)", data.n_train or None), ("data.dev_size", base.data.dev_size or "all"),
                                     ("data.max_length", base.data.max_length)]
+    # what every trial trains with (lora.alpha = multiple × r, sizes as counts, module names), not the
+    # config's base values; values a searched key derives (alpha when the rank is searched) are left out
+    n = cfg.shared_n_train(data.n_train)
+    shared = base.effective(n, varied=cfg.search)
+    varying = set(base.effective(n)) - set(shared)
     for key in ("data.size", "lora.r", "lora.alpha", "lora.alpha_multiple", "lora.dropout", "lora.target_modules",
-                "train.lr", "train.epochs", "train.batch_size", "train.warmup_ratio", "train.eval_every_samples"):
-        if key not in cfg.search and key in flat:
-            fixed.append((key, flat[key] if flat[key] is not None else ("all" if key == "data.size" else None)))
+                "train.lr", "train.epochs", "train.batch_size", "train.warmup_ratio", "train.warmup_steps",
+                "train.total_steps", "train.eval_every_samples"):
+        if key in cfg.search or key in varying or (key not in flat and key not in shared):
+            continue
+        value = shared.get(key, flat.get(key))
+        fixed.append((key, value if value is not None else ("all" if key == "data.size" else None)))
     fixed += [("metric (mode)", f"{cfg.study.metric} ({cfg.study.mode})"),
               ("trials planned / at once", f"{cfg.study.num_samples} / {cfg.study.max_concurrent}"),
               ("search", cfg.study.searcher),

@@ -165,13 +165,14 @@ class MLflowTracker(Callback):
         pruned = self.pruned_signal is not None and self.pruned_signal.was_pruned(trial.trial_id)
         if pruned:
             seen = (getattr(trial, "last_result", None) or {}).get(self.step_attr)
-            marker = f" · pruned at {seen} samples" if isinstance(seen, Number) else " · pruned"
-            self._submit("end", trial.trial_id, ("FINISHED", "pruned", (self._run_name(trial) + marker)[:250]))
+            # the state first: MLflow's runs table cuts long names, and the state is what a reader scans for
+            state = f"pruned at {seen} samples · " if isinstance(seen, Number) else "pruned · "
+            self._submit("end", trial.trial_id, ("FINISHED", "pruned", (state + self._run_name(trial))[:250]))
         else:
             self._submit("end", trial.trial_id, ("FINISHED", "completed", None))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._submit("end", trial.trial_id, ("FAILED", "failed", (self._run_name(trial) + " · failed")[:250]))
+        self._submit("end", trial.trial_id, ("FAILED", "failed", ("failed · " + self._run_name(trial))[:250]))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._queue.items.append(("sweep", None, None))

@@ -118,8 +118,8 @@ def test_child_runs_params_metrics_and_end_states(mlflow_uri, parent):
     assert sorted(r.data.tags[TRIAL_ID_TAG] for r in runs) == ["done", "err", "pruned"]
     expected = {  # a pruned trial ended as planned: FINISHED like a completed one, told apart by tag and name
         "done": ("FINISHED", "completed", "done r=8 lr=4.0e-3"),
-        "pruned": ("FINISHED", "pruned", "pruned r=8 lr=4.0e-3 · pruned at 20 samples"),
-        "err": ("FAILED", "failed", "err r=8 lr=4.0e-3 · failed"),
+        "pruned": ("FINISHED", "pruned", "pruned at 20 samples · pruned r=8 lr=4.0e-3"),
+        "err": ("FAILED", "failed", "failed · err r=8 lr=4.0e-3"),
     }
     for run in runs:
         tid = run.data.tags[TRIAL_ID_TAG]

@@ -138,6 +138,21 @@ def system_metrics(tracking_uri: str, run_id: str, resume: bool = False, interva
     finally:
         if monitor is not None:
             monitor.finish()
+            _closing_sample(tracking_uri, run_id)
+
+
+def _closing_sample(tracking_uri: str, run_id: str) -> None:
+    """One last sample as the block ends. MLflow's monitor drops the sample it is holding when it
+    stops, so a study shorter than the interval would otherwise show no system metrics at all."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        last = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracking_uri)
+        last.collect_metrics()
+        last.publish_metrics(last.aggregate_metrics())
+        last.mlflow_logger.flush()
+    except Exception as e:  # MLflow gone by now: the study's results are already stored
+        logger.info("no closing system metrics on run %s: %s", run_id, (str(e).splitlines() or [type(e).__name__])[0][:200])
 
 
 def start_parent_run(

@@ -85,5 +85,5 @@ def test_study_parent_run_param(record, param):
     from study import run
     from study.config import StudyConfig
 
-    params = run._parent_params(SimpleNamespace(cfg=StudyConfig(), record=record))
+    params = run._parent_params(SimpleNamespace(cfg=StudyConfig(), n_train=1000, record=record))
     assert params.get("data.dropped_empty") == param

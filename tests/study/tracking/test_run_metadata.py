@@ -123,6 +123,13 @@ def test_system_metrics_on_the_parent_run(mlflow_uri, parent):
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, keys
 
 
+def test_a_block_shorter_than_the_interval_still_leaves_a_sample(mlflow_uri, parent):
+    with system_metrics(mlflow_uri, parent, interval_s=60):
+        pass
+    keys = set(MlflowClient(mlflow_uri).get_run(parent).data.metrics)
+    assert "system/system_memory_usage_megabytes" in keys, keys
+
+
 def test_a_real_study_has_the_metadata(tiny_study):
     """The tiny study: datasets, commit and checkpoint on every trial run; the journal named after
     the study, each of its trials linked to a run; system metrics on the parent."""

@@ -120,7 +120,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
             )
         n_train = _preflight(cfg)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
-        _check_tracking(tracking)
+        _check_tracking(tracking, cfg.mlflow.experiment or name)
     except BaseException:
         lock.close()
         raise
@@ -143,7 +143,7 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
         cfg = StudyConfig.from_record(record, paths.study_json)
         _check_resume_flags(flags, cfg)
         record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
-        _check_tracking(record["tracking_uri"])
+        _check_tracking(record["tracking_uri"], cfg.mlflow.experiment or paths.name)
     except BaseException:
         lock.close()
         raise
@@ -186,10 +186,14 @@ def _check_resume_flags(flags: dict[str, Any], cfg: StudyConfig) -> None:
                               f"(Ray restores it from the study's own state); drop {flag}, or start a new study")
 
 
-def _check_tracking(uri: str) -> None:
-    from .tracking.server import check_tracking
+def _check_tracking(uri: str, experiment: str) -> None:
+    """The store answers, and the study's experiment (if it exists) keeps its artifacts where the
+    user's credentials may go (:func:`~study.tracking.trust.check_artifact_uri`)."""
+    from .tracking.server import check_tracking, client
+    from .tracking.trust import check_experiment_artifacts
 
     check_tracking(uri)
+    check_experiment_artifacts(client(uri), experiment, uri)
 
 
 # --------------------------------------------------------------------------- execution

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite under the storage dir)")
     p.add_argument("--time-budget-s", type=float, help="stop the study after this many seconds (study.time_budget_s)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted study --name from its storage")
+    p.add_argument("--trust", action="store_true", help="with --resume: unpickle the study's Ray state although your key did not sign it "
+                   "(a study copied from another machine or user, or saved before signing); see docs/trust.md")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set data.path=reviews.csv --set search.lora.r.choice=[4,8]")
     return p
 
@@ -118,6 +120,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
                 f"study {name!r} already exists in {paths.local}: continue it with "
                 f"`python -m study.run --name {name} --resume`, or pick another --name"
             )
+        _check_key(paths)
         n_train = _preflight(cfg)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
         _check_tracking(tracking, cfg.mlflow.experiment or name)
@@ -142,6 +145,8 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
             log.warning("--resume continues the study with its stored config; --config/--set are ignored")
         cfg = StudyConfig.from_record(record, paths.study_json)
         _check_resume_flags(flags, cfg)
+        _check_state(paths, record, args.trust)
+        _check_key(paths)
         record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
         _check_tracking(record["tracking_uri"], cfg.mlflow.experiment or paths.name)
     except BaseException:
@@ -168,6 +173,46 @@ def _resume_storage(paths: StudyPaths, record: dict[str, Any], given: str | None
         raise ConfigError(f"study {paths.name!r} keeps its Ray experiment at {stored}: resume it with "
                           f"`python -m study.run --name {paths.name} --resume --storage {stored}`")
     return paths
+
+
+def _check_key(paths: StudyPaths) -> None:
+    """The key the driver signs Ray's state with exists (made on first use) and is the user's
+    alone; a problem is one line here, not a traceback once the study runs."""
+    from .storage.signing import load_key
+
+    if not is_remote(paths.storage):
+        load_key(create=True)
+
+
+def _check_state(paths: StudyPaths, record: dict[str, Any], trust: bool) -> None:
+    """Ray's saved state can be resumed, and (unless ``--trust``) this user's driver wrote it:
+    ``Tuner.restore`` unpickles it, and unpickling runs code (:mod:`study.storage.signing`).
+    Checked before anything else is touched (the MLflow parent run, Ray)."""
+    from .storage.signing import unreadable_state, untrusted_state
+
+    name, exp = paths.name, Path(paths.experiment)
+    if is_remote(paths.storage):
+        if not trust:
+            raise ConfigError(f"study {name!r} keeps its Ray state on {paths.storage}, where lora-study does not sign it: "
+                              f"resume it with --trust if that storage and everything in it is yours (see docs/trust.md)")
+        return
+    if not (exp / "tuner.pkl").is_file():
+        again = f"python -m study.run --config {record.get('config_file') or 'FILE'} --name {name}"
+        raise ConfigError(f"study {name!r} has no Ray state to resume ({exp / 'tuner.pkl'} is missing: it stopped before "
+                          f"its trials started); remove {paths.local} and start it again with `{again}`")
+    bad = unreadable_state(str(exp))
+    if bad:
+        raise ConfigError(f"{exp / bad[0]} is unreadable ({bad[1]}): Ray cannot resume study {name!r} from it; put back an intact "
+                          f"copy, or start the study again under a new --name (its results so far stay readable: "
+                          f"`python -m dashboards.report --study {name}`)")
+    untrusted = [] if trust else untrusted_state(str(exp))
+    if untrusted:
+        file, why = min(untrusted, key=lambda u: u[0] != "tuner.pkl")  # the file Ray unpickles first
+        what = ("has changed since your lora-study wrote it (edited, truncated or replaced)" if why == "changed"
+                else "was not written by your lora-study on this machine (no signature with your key)")
+        more = f" (and {len(untrusted) - 1} more state files)" if len(untrusted) > 1 else ""
+        raise ConfigError(f"study {name!r}: {exp / file} {what}{more}; --resume would unpickle it, which runs code. "
+                          f"If you made this study or trust who did, resume it with --trust (see docs/trust.md)")
 
 
 #: Flags a resumed study cannot take: Ray restores the trial count, concurrency and resources from
@@ -199,27 +244,55 @@ def _check_tracking(uri: str, experiment: str) -> None:
 # --------------------------------------------------------------------------- execution
 
 
-def _tuner(prep: Prepared, parent_run_id: str):
-    """Build (or restore) the Tuner with searcher, scheduler, callbacks."""
+def _trainable(prep: Prepared) -> tuple[Any, Any]:
+    """The trial function with its resources, and the storage filesystem Ray writes through."""
     from ray import tune
 
     from trainables import train
+
+    from .storage.atomic_fs import AtomicLocalFS
+
+    res = prep.cfg.resources
+    trainable = tune.with_resources(train, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    return trainable, None if is_remote(prep.paths.storage) else pyarrow.fs.PyFileSystem(AtomicLocalFS())
+
+
+def _restore(prep: Prepared) -> Any:
+    """Ray's own restore of the study's Tuner (its state checked in :func:`_check_state`)."""
+    from ray import tune
+
+    trainable, storage_fs = _trainable(prep)
+    return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
+                              storage_filesystem=storage_fs)
+
+
+def _sign_state(prep: Prepared) -> None:
+    """From here on the driver signs the Ray state it writes; a resumed study's state as it is now
+    (checked, or vouched for with ``--trust``) is signed too, so its next resume needs no flag."""
+    from .storage.signing import adopt, start_signing
+
+    if is_remote(prep.paths.storage):
+        return
+    start_signing(prep.paths.experiment)
+    if prep.resume:
+        adopt(prep.paths.experiment)
+
+
+def _tuner(prep: Prepared, parent_run_id: str):
+    """Build the Tuner of a new study with searcher, scheduler, callbacks; (tuner, scheduler)."""
+    from ray import tune
 
     from .console.progress import ProgressView
     from .search.journal import OptunaJournalCallback
     from .search.registry import build_search
     from .search.space import param_space
-    from .storage.atomic_fs import AtomicLocalFS, DiskFullWatch
+    from .storage.atomic_fs import DiskFullWatch
     from .storage.repair import RepairCheckpointRecords
     from .tracking.tracker import MLflowTracker
 
     cfg = prep.cfg
     res = cfg.resources
-    trainable = tune.with_resources(train, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    storage_fs = None if is_remote(prep.paths.storage) else pyarrow.fs.PyFileSystem(AtomicLocalFS())
-    if prep.resume:
-        return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
-                                  storage_filesystem=storage_fs), None
+    trainable, storage_fs = _trainable(prep)
     threads = {"train.threads": max(1, int(res.cpus_per_trial))}
     plan = build_search(cfg, prep.n_train)
     search_alg, scheduler, callbacks = plan.searcher, plan.scheduler, list(plan.callbacks)
@@ -292,6 +365,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     from .tracking.runs import finish_parent_run, start_parent_run, study_params
     from .tracking.server import configure_mlflow_http, tracking_problem
     from .tracking.summary import print_summary, summarize
+    from .tracking.tracker import use_destination
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # snapshots per report are intended: nothing lost on a crash
@@ -300,6 +374,10 @@ def execute(prep: Prepared, address: str | None) -> int:
     cfg, paths = prep.cfg, prep.paths
     log_path = log_to_file(paths.local / LOG_NAME)
     experiment = cfg.mlflow.experiment or paths.name
+    _sign_state(prep)
+    restored = _restore_or_say(prep) if prep.resume else None  # before MLflow: a failed restore changes nothing there
+    if prep.resume and restored is None:
+        return EXIT_INPUT
     try:
         parent = start_parent_run(prep.tracking_uri, experiment, paths.name, study_params(cfg),
                                   tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
@@ -318,10 +396,11 @@ def execute(prep: Prepared, address: str | None) -> int:
           + (" (resumed)" if prep.resume else ""), flush=True)
     print(f"  searching {legend(sorted(cfg.search))}" if cfg.search else "  nothing searched", flush=True)
     print(f"  results {paths.experiment}\n  log     {log_path}\n  MLflow  {prep.tracking_uri} (experiment {experiment})\n", flush=True)
+    use_destination(prep.tracking_uri, parent)  # trial runs go where the user says now, never where tuner.pkl says
     started_ray = _init_ray(address)
     t0 = time.time()
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
-    tuner, _ = _tuner(prep, parent)
+    tuner = restored or _tuner(prep, parent)[0]
     interrupted = False
     try:
         results = tuner.fit()
@@ -364,6 +443,18 @@ def execute(prep: Prepared, address: str | None) -> int:
               f"{paths.experiment}; when MLflow is reachable, run `{_resume_command(prep)}` to deliver them", file=sys.stderr, flush=True)
         return EXIT_TRACKING
     return EXIT_OK
+
+
+def _restore_or_say(prep: Prepared) -> Any:
+    """The restored Tuner, or ``None`` after one line saying why Ray could not restore it."""
+    try:
+        return _restore(prep)
+    except Exception as e:  # a pickle that does not load (the state itself was checked for damage)
+        name, msg = prep.paths.name, (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"error: Ray cannot restore study {name!r} from {prep.paths.experiment} ({type(e).__name__}: {msg}); "
+              f"start the study again under a new --name (its results so far stay readable: "
+              f"`python -m dashboards.report --study {name}`)", file=sys.stderr, flush=True)
+        return None
 
 
 def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:

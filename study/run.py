@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from trainables import ConfigError
 
 from .config import StudyConfig, flat_params, load_study_config
 from .console.logs import LOG_NAME, console_logging, log_to_file, stderr_to_log
-from .storage.studies import LOCAL_ROOT, StudyPaths, is_remote, lock_study, now_iso, read_study, study_paths, write_json
+from .storage.studies import LOCAL_ROOT, StudyPaths, check_not_running, is_remote, lock_study, now_iso, read_study, study_paths, write_json
 from .tracking.trust import is_local_tracking_uri, trusted_tracking_uri
 
 __all__ = ["main", "build_parser", "prepare", "Prepared", "EXIT_OK", "EXIT_FAULT", "EXIT_INPUT", "EXIT_TRACKING", "EXIT_INTERRUPTED"]
@@ -78,6 +80,9 @@ class Prepared:
     def __init__(self, cfg: StudyConfig, paths: StudyPaths, resume: bool, n_train: int, record: dict[str, Any],
                  lock: Any = None):
         self.cfg, self.paths, self.resume, self.n_train, self.record, self.lock = cfg, paths, resume, n_train, record, lock
+        # what execute() has started so far (so that a Ctrl-C at any point can close it)
+        self.parent: str | None = None
+        self.started_ray, self.t0, self.log_path = False, None, None
 
     @property
     def tracking_uri(self) -> str:
@@ -137,7 +142,11 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
     a tracking URI the user's credentials may go to, and the lock."""
     if not args.name:
         raise ConfigError("--resume needs --name NAME (the study to continue)")
-    paths, record = read_study(args.name, args.storage)  # validates the name
+    try:
+        paths, record = read_study(args.name, args.storage)  # validates the name
+    except ConfigError:
+        check_not_running(study_paths(args.name, args.storage))  # starting: locked, no study.json yet
+        raise
     paths = _resume_storage(paths, record, args.storage)
     lock = lock_study(paths)
     try:
@@ -145,14 +154,14 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
             log.warning("--resume continues the study with its stored config; --config/--set are ignored")
         cfg = StudyConfig.from_record(record, paths.study_json)
         _check_resume_flags(flags, cfg)
-        _check_state(paths, record, args.trust)
+        saved = _check_state(paths, record, args.trust)
         _check_key(paths)
         record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
         _check_tracking(record["tracking_uri"], cfg.mlflow.experiment or paths.name)
     except BaseException:
         lock.close()
         raise
-    return Prepared(cfg, paths, True, record.get("n_train", 0), record, lock)
+    return Prepared(cfg, paths, saved, record.get("n_train", 0), record, lock)
 
 
 def _resume_storage(paths: StudyPaths, record: dict[str, Any], given: str | None) -> StudyPaths:
@@ -184,10 +193,11 @@ def _check_key(paths: StudyPaths) -> None:
         load_key(create=True)
 
 
-def _check_state(paths: StudyPaths, record: dict[str, Any], trust: bool) -> None:
+def _check_state(paths: StudyPaths, record: dict[str, Any], trust: bool) -> bool:
     """Ray's saved state can be resumed, and (unless ``--trust``) this user's driver wrote it:
     ``Tuner.restore`` unpickles it, and unpickling runs code (:mod:`study.storage.signing`).
-    Checked before anything else is touched (the MLflow parent run, Ray)."""
+    Checked before anything else is touched (the MLflow parent run, Ray). False: Ray saved
+    nothing yet (the study was stopped before its trials started)."""
     from .storage.signing import unreadable_state, untrusted_state
 
     name, exp = paths.name, Path(paths.experiment)
@@ -195,11 +205,13 @@ def _check_state(paths: StudyPaths, record: dict[str, Any], trust: bool) -> None
         if not trust:
             raise ConfigError(f"study {name!r} keeps its Ray state on {paths.storage}, where lora-study does not sign it: "
                               f"resume it with --trust if that storage and everything in it is yours (see docs/trust.md)")
-        return
+        return True
     if not (exp / "tuner.pkl").is_file():
-        again = f"python -m study.run --config {record.get('config_file') or 'FILE'} --name {name}"
-        raise ConfigError(f"study {name!r} has no Ray state to resume ({exp / 'tuner.pkl'} is missing: it stopped before "
-                          f"its trials started); remove {paths.local} and start it again with `{again}`")
+        if not any(exp.glob("experiment_state-*.json")) and not any(exp.glob("trial_*")):
+            return False  # stopped before Ray saved anything: the study starts from its stored config
+        raise ConfigError(f"study {name!r} has trials in {exp} but no {exp / 'tuner.pkl'}: Ray cannot resume it; put back an "
+                          f"intact copy, or start the study again under a new --name (its results so far stay readable: "
+                          f"`python -m dashboards.report --study {name}`)")
     bad = unreadable_state(str(exp))
     if bad:
         raise ConfigError(f"{exp / bad[0]} is unreadable ({bad[1]}): Ray cannot resume study {name!r} from it; put back an intact "
@@ -213,6 +225,7 @@ def _check_state(paths: StudyPaths, record: dict[str, Any], trust: bool) -> None
         more = f" (and {len(untrusted) - 1} more state files)" if len(untrusted) > 1 else ""
         raise ConfigError(f"study {name!r}: {exp / file} {what}{more}; --resume would unpickle it, which runs code. "
                           f"If you made this study or trust who did, resume it with --trust (see docs/trust.md)")
+    return True
 
 
 #: Flags a resumed study cannot take: Ray restores the trial count, concurrency and resources from
@@ -338,7 +351,8 @@ def _init_ray(address: str | None) -> bool:
     # configure_logging=False: Ray's driver logs go to the study log (study.console), not stderr;
     # trial workers log WARNING and above only (their INFO was "Checkpoint successfully created"
     # once per evaluation, forwarded to the driver's stderr) and keep quiet when told to exit.
-    env = {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}, "worker_process_setup_hook": "study.console.logs.quiet_worker_exit"}
+    env = {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}, "worker_process_setup_hook": "study.console.logs.worker_setup"}
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # worker lines Ray forwards: no ANSI colour codes
     quiet: dict[str, Any] = {"configure_logging": False, "runtime_env": env}
     if address:
         ray.init(address=address, **quiet)
@@ -358,61 +372,143 @@ def _shutdown_ray(started: bool, log_path: Path) -> None:
             ray.shutdown()
 
 
-def execute(prep: Prepared, address: str | None) -> int:
-    from .console.labels import legend
+class _CtrlC:
+    """The first Ctrl-C at any moment stops the study with its one line and the resume command.
+
+    Why our own handler: Ray Tune installs one only once ``fit`` is under way, logs its message to
+    the study log, and leaves it installed after ``fit``; a Ctrl-C before (imports, the preflight,
+    Ray starting) was a traceback, and one in Tune's start-up or after it went unseen. Outside
+    ``fit`` a Ctrl-C raises ``KeyboardInterrupt`` (:func:`execute` turns it into the line); inside,
+    it asks Tune for its own graceful stop (SIGUSR1, the same handler: a last snapshot, then ``fit``
+    returns) and a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.caught = False
+        self.in_fit = False
+
+    def install(self) -> _CtrlC:
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Tune's would replace this one
+        signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first, self.caught = not self.caught, True
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if first and self.in_fit and getattr(tune_stop, "__name__", "") == "signal_interrupt_tune_run":
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return
+        raise KeyboardInterrupt
+
+
+def execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC | None = None) -> int:
+    """Run the prepared study to its end; a Ctrl-C at any point stops it, resumable."""
+    ctrl_c = ctrl_c or _CtrlC()
+    try:
+        return _execute(prep, address, ctrl_c)
+    except KeyboardInterrupt:
+        return _stop_interrupted(prep)
+
+
+def _execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC) -> int:
     from .storage.atomic_fs import DiskFullError
-    from .tracking.queue import undelivered_operations
-    from .tracking.runs import finish_parent_run, start_parent_run, study_params
-    from .tracking.server import configure_mlflow_http, tracking_problem
-    from .tracking.summary import print_summary, summarize
-    from .tracking.tracker import use_destination
+
+    _environment()
+    prep.log_path = log_to_file(prep.paths.local / LOG_NAME)
+    _sign_state(prep)
+    restored = _restore_or_say(prep) if prep.resume else None  # before MLflow: a failed restore changes nothing there
+    if prep.resume and restored is None:
+        return EXIT_INPUT
+    rc = _open_study(prep)
+    if rc is not None:
+        return rc
+    prep.started_ray = _init_ray(address)
+    prep.t0 = time.time()
+    prep.record.setdefault("fit_started_unix", prep.t0)  # the study's time zero (benchmarks read it)
+    tuner = restored or _tuner(prep, prep.parent)[0]
+    ctrl_c.in_fit = True
+    try:
+        results = tuner.fit()
+    except DiskFullError as e:
+        _stop_ray(prep)
+        return _stop_on_full_disk(prep, prep.parent, e)
+    finally:
+        ctrl_c.in_fit = False
+    _stop_ray(prep)
+    return _close_study(prep, results, interrupted=ctrl_c.caught)
+
+
+def _environment() -> None:
+    from .tracking.server import configure_mlflow_http
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # snapshots per report are intended: nothing lost on a crash
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy output prints nothing; the new one still boxes the experiment
     configure_mlflow_http()
+
+
+def _open_study(prep: Prepared) -> int | None:
+    """The MLflow parent run, ``study.json`` and the header; an exit code if the study cannot start."""
+    from .console.labels import legend
+    from .tracking.runs import start_parent_run, study_params
+    from .tracking.server import tracking_problem
+    from .tracking.tracker import use_destination
+
     cfg, paths = prep.cfg, prep.paths
-    log_path = log_to_file(paths.local / LOG_NAME)
     experiment = cfg.mlflow.experiment or paths.name
-    _sign_state(prep)
-    restored = _restore_or_say(prep) if prep.resume else None  # before MLflow: a failed restore changes nothing there
-    if prep.resume and restored is None:
-        return EXIT_INPUT
-    try:
-        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, study_params(cfg),
-                                  tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
+    try:  # a study that stopped before its trials started reopens its parent run too
+        prep.parent = start_parent_run(prep.tracking_uri, experiment, paths.name, study_params(cfg),
+                                       tags={"lora_study.config_file": prep.record.get("config_file", "")},
+                                       resume=prep.resume or bool(prep.record.get("parent_run_id")))
     except Exception as e:  # checked in prepare(); the server can still go away in between
         print(f"error: {tracking_problem(prep.tracking_uri, e)}", file=sys.stderr)
         return EXIT_INPUT
-    prep.record["parent_run_id"] = parent
-    prep.record["experiment"] = experiment
-    prep.record.setdefault("started", [])
-    prep.record["started"] = list(prep.record["started"]) + [now_iso()]
+    prep.record.update(parent_run_id=prep.parent, experiment=experiment, started=[*prep.record.get("started", []), now_iso()])
     try:
         write_json(paths.study_json, prep.record)
     except OSError as e:
-        return _stop_on_full_disk(prep, parent, e)
+        return _stop_on_full_disk(prep, prep.parent, e)
     print(f"study {paths.name}: {cfg.study.num_samples} trials, {cfg.study.max_concurrent} at a time, best {cfg.study.metric} wins"
           + (" (resumed)" if prep.resume else ""), flush=True)
     print(f"  searching {legend(sorted(cfg.search))}" if cfg.search else "  nothing searched", flush=True)
-    print(f"  results {paths.experiment}\n  log     {log_path}\n  MLflow  {prep.tracking_uri} (experiment {experiment})\n", flush=True)
-    use_destination(prep.tracking_uri, parent)  # trial runs go where the user says now, never where tuner.pkl says
-    started_ray = _init_ray(address)
-    t0 = time.time()
-    prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
-    tuner = restored or _tuner(prep, parent)[0]
-    interrupted = False
+    print(f"  results {paths.experiment}\n  log     {prep.log_path}\n  MLflow  {prep.tracking_uri} (experiment {experiment})\n", flush=True)
+    use_destination(prep.tracking_uri, prep.parent)  # trial runs go where the user says now, never where tuner.pkl says
+    return None
+
+
+def _stop_ray(prep: Prepared) -> None:
+    """Stop the Ray this study started and add this session's time to the study's wall time."""
+    if prep.t0 is not None:
+        prep.record["wall_s"] = time.time() - prep.t0 + float(prep.record.get("wall_s", 0.0))
+        prep.t0 = None
+    _shutdown_ray(prep.started_ray, prep.log_path)
+    prep.started_ray = False
+
+
+def _stop_interrupted(prep: Prepared) -> int:
+    """Ctrl-C outside Tune's graceful stop: the study as it is on storage, its parent run KILLED,
+    ``study.json`` written (so ``--resume`` finds it even before the trials started), one line.
+    A second Ctrl-C cuts this short: storage is consistent at every moment."""
+    from .tracking.runs import finish_parent_run
+
     try:
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        interrupted, results = True, None
-    except DiskFullError as e:
-        prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
-        _shutdown_ray(started_ray, log_path)
-        return _stop_on_full_disk(prep, parent, e)
-    _shutdown_ray(started_ray, log_path)
-    wall = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
-    prep.record["wall_s"] = wall
+        _stop_ray(prep)
+        write_json(prep.paths.study_json, prep.record)
+        if prep.parent:
+            finish_parent_run(prep.tracking_uri, prep.parent, status="KILLED", summary={"interrupted": True}, timeout_s=5.0)
+    except (KeyboardInterrupt, OSError):
+        pass
+    print(f"\nstudy {prep.paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
+    return EXIT_INTERRUPTED
+
+
+def _close_study(prep: Prepared, results: Any, interrupted: bool) -> int:
+    """The end of ``fit``: interrupted (resume command), or the summary, the registered best
+    adapter and the closed parent run."""
+    from .tracking.queue import undelivered_operations
+    from .tracking.runs import finish_parent_run
+    from .tracking.summary import print_summary, summarize
+
+    paths, parent = prep.paths, prep.parent
     try:
         write_json(paths.study_json, prep.record)
     except OSError as e:
@@ -423,7 +519,7 @@ def execute(prep: Prepared, address: str | None) -> int:
         print(f"\nstudy {paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
         return EXIT_INTERRUPTED
     if summary.get("best"):
-        with stderr_to_log(log_path):  # MLflow prints "Successfully registered model …" straight to stderr
+        with stderr_to_log(prep.log_path):  # MLflow prints "Successfully registered model …" straight to stderr
             summary["registered_model"] = _register_best(prep, parent, summary)
     undelivered = undelivered_operations(parent)
     try:
@@ -543,14 +639,27 @@ def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    ctrl_c = _CtrlC().install()
     console_logging()  # own warnings on stderr, one line each; libraries: the study log (execute)
     args = build_parser().parse_args(argv)
     try:
         prep = prepare(args)
+    except KeyboardInterrupt:
+        again = " ".join(["python -m study.run --name", str(args.name), "--resume", *(["--storage", args.storage] if args.storage else []),
+                          *(["--tracking-uri", args.tracking_uri] if args.tracking_uri else [])])
+        print("\ninterrupted before the study started; nothing was written" + (f": resume it with `{again}`" if args.resume else ""),
+              flush=True)
+        return EXIT_INTERRUPTED
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
-    return execute(prep, args.address)
+    except OSError as e:  # a write before the study starts (lock, caches, the tracking store) on a full disk
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = e.strerror if str(e.strerror).startswith("disk full") else f"disk full writing {e.filename or 'a file'} ({e.strerror})"
+        print(f"error: {where}: nothing was started; free some space, then run the command again", file=sys.stderr)
+        return EXIT_FAULT
+    return execute(prep, args.address, ctrl_c)
 
 
 if __name__ == "__main__":

@@ -294,6 +294,7 @@ class MLflowTracker(Callback):
                 if name:
                     client.update_run(run_id, name=name)
                 client.set_terminated(run_id, status=status)
+                logger.info("Trial %s: MLflow run %s ended %s (%s).", trial_id, run_id, status, state)
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown MLflow operation {kind!r}")
 

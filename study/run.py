@@ -4,7 +4,7 @@ Config → checks (before Ray starts) → space → Tuner (Optuna TPE + ASHA, or
 → MLflow tracking → summary and the best adapter logged and registered.
 
     python -m study.run --config study/configs/sst2-quick.yaml
-    python -m study.run --name NAME --resume
+    python -m study.run --name NAME --resume    # only state your key signed; --trust: docs/trust.md
 """
 
 from __future__ import annotations

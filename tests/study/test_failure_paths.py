@@ -122,7 +122,7 @@ def test_mlflow_prints_no_run_links_on_stdout(capsys):
 
 def test_a_data_warning_is_said_once_without_colour_codes(tmp_path, tiny_bert, sst2_small):
     """A train file with an overlong text: the preflight says it once; the trial workers loading
-    the same data used to say it again, forwarded by Ray as ``(train pid=…)`` with ANSI codes."""
+    the same data said it again (before), forwarded by Ray as ``(train pid=…)`` with ANSI codes."""
     data = tmp_path / "data"
     data.mkdir()
     for name in ("train.tsv", "dev.tsv"):

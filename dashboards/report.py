@@ -342,13 +342,16 @@ def log_report(tracking_uri: str | None, run_id: str | None, files: list[Path]) 
         from mlflow import MlflowClient
 
         from study.tracking.server import configure_mlflow_http
+        from study.tracking.trust import check_run_artifacts
 
         configure_mlflow_http()
         client = MlflowClient(tracking_uri)
         with quiet_logger("urllib3"):
-            client.get_run(run_id)
+            check_run_artifacts(client, run_id, tracking_uri)  # the store picks where artifacts go
             for f in files:
                 client.log_artifact(run_id, str(f), "report")
+    except ConfigError as e:
+        return f"report not logged to MLflow: {e}"
     except Exception as e:
         return f"report not logged to MLflow ({tracking_uri}, run {run_id}): {one_line(e)}"
     return None

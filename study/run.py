@@ -4,15 +4,17 @@ Config → checks (before Ray starts) → space → Tuner (Optuna TPE + ASHA, or
 → MLflow tracking → summary and the best adapter logged and registered.
 
     python -m study.run --config study/configs/sst2-quick.yaml
-    python -m study.run --name NAME --resume
+    python -m study.run --name NAME --resume    # only state your key signed; --trust: docs/trust.md
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from trainables import ConfigError
 
 from .config import StudyConfig, flat_params, load_study_config
 from .console.logs import LOG_NAME, console_logging, log_to_file, stderr_to_log
-from .storage.studies import LOCAL_ROOT, StudyPaths, is_remote, lock_study, now_iso, read_study, study_paths, write_json
+from .storage.studies import LOCAL_ROOT, StudyPaths, check_not_running, is_remote, lock_study, now_iso, read_study, study_paths, write_json
 from .tracking.trust import is_local_tracking_uri, trusted_tracking_uri
 
 __all__ = ["main", "build_parser", "prepare", "Prepared", "EXIT_OK", "EXIT_FAULT", "EXIT_INPUT", "EXIT_TRACKING", "EXIT_INTERRUPTED"]
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite under the storage dir)")
     p.add_argument("--time-budget-s", type=float, help="stop the study after this many seconds (study.time_budget_s)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted study --name from its storage")
+    p.add_argument("--trust", action="store_true", help="with --resume: unpickle the study's Ray state although your key did not sign it "
+                   "(a study copied from another machine or user, or saved before signing); see docs/trust.md")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set data.path=reviews.csv --set search.lora.r.choice=[4,8]")
     return p
 
@@ -80,6 +84,10 @@ class Prepared:
     def __init__(self, cfg: StudyConfig, paths: StudyPaths, resume: bool, n_train: int, record: dict[str, Any],
                  lock: Any = None):
         self.cfg, self.paths, self.resume, self.n_train, self.record, self.lock = cfg, paths, resume, n_train, record, lock
+        # what execute() has started so far (so that a Ctrl-C at any point can close it)
+        self.parent: str | None = None
+        self.started_ray, self.t0, self.log_path = False, None, None
+        self.progress_before: dict[str, tuple[Any, Any]] = {}  # each stored trial's progress when fit started
 
     @property
     def tracking_uri(self) -> str:
@@ -126,9 +134,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
                 f"study {name!r} already exists in {paths.local}: continue it with "
                 f"`python -m study.run --name {name} --resume`, or pick another --name"
             )
+        _check_key(paths)
         n_train, dropped = _preflight(cfg)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
-        _check_tracking(tracking)
+        _check_tracking(tracking, cfg.mlflow.experiment or name)
     except BaseException:
         lock.close()
         raise
@@ -144,7 +153,11 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
     a tracking URI the user's credentials may go to, and the lock."""
     if not args.name:
         raise ConfigError("--resume needs --name NAME (the study to continue)")
-    paths, record = read_study(args.name, args.storage)  # validates the name
+    try:
+        paths, record = read_study(args.name, args.storage)  # validates the name
+    except ConfigError:
+        check_not_running(study_paths(args.name, args.storage))  # starting: locked, no study.json yet
+        raise
     paths = _resume_storage(paths, record, args.storage)
     lock = lock_study(paths)
     try:
@@ -152,12 +165,14 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
             log.warning("--resume continues the study with its stored config; --config/--set are ignored")
         cfg = StudyConfig.from_record(record, paths.study_json)
         _check_resume_flags(flags, cfg)
+        saved = _check_state(paths, record, args.trust)
+        _check_key(paths)
         record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
-        _check_tracking(record["tracking_uri"])
+        _check_tracking(record["tracking_uri"], cfg.mlflow.experiment or paths.name)
     except BaseException:
         lock.close()
         raise
-    return Prepared(cfg, paths, True, record.get("n_train", 0), record, lock)
+    return Prepared(cfg, paths, saved, record.get("n_train", 0), record, lock)
 
 
 def _resume_storage(paths: StudyPaths, record: dict[str, Any], given: str | None) -> StudyPaths:
@@ -180,6 +195,50 @@ def _resume_storage(paths: StudyPaths, record: dict[str, Any], given: str | None
     return paths
 
 
+def _check_key(paths: StudyPaths) -> None:
+    """The key the driver signs Ray's state with exists (made on first use) and is the user's
+    alone; a problem is one line here, not a traceback once the study runs."""
+    from .storage.signing import load_key
+
+    if not is_remote(paths.storage):
+        load_key(create=True)
+
+
+def _check_state(paths: StudyPaths, record: dict[str, Any], trust: bool) -> bool:
+    """Ray's saved state can be resumed, and (unless ``--trust``) this user's driver wrote it:
+    ``Tuner.restore`` unpickles it, and unpickling runs code (:mod:`study.storage.signing`).
+    Checked before anything else is touched (the MLflow parent run, Ray). False: Ray saved
+    nothing yet (the study was stopped before its trials started)."""
+    from .storage.signing import unreadable_state, untrusted_state
+
+    name, exp = paths.name, Path(paths.experiment)
+    if is_remote(paths.storage):
+        if not trust:
+            raise ConfigError(f"study {name!r} keeps its Ray state on {paths.storage}, where lora-study does not sign it: "
+                              f"resume it with --trust if that storage and everything in it is yours (see docs/trust.md)")
+        return True
+    if not (exp / "tuner.pkl").is_file():
+        if not any(exp.glob("experiment_state-*.json")) and not any(exp.glob("trial_*")):
+            return False  # stopped before Ray saved anything: the study starts from its stored config
+        raise ConfigError(f"study {name!r} has trials in {exp} but no {exp / 'tuner.pkl'}: Ray cannot resume it; put back an "
+                          f"intact copy, or start the study again under a new --name (its results so far stay readable: "
+                          f"`python -m dashboards.report --study {name}`)")
+    bad = unreadable_state(str(exp))
+    if bad:
+        raise ConfigError(f"{exp / bad[0]} is unreadable ({bad[1]}): Ray cannot resume study {name!r} from it; put back an intact "
+                          f"copy, or start the study again under a new --name (its results so far stay readable: "
+                          f"`python -m dashboards.report --study {name}`)")
+    untrusted = [] if trust else untrusted_state(str(exp))
+    if untrusted:
+        file, why = min(untrusted, key=lambda u: u[0] != "tuner.pkl")  # the file Ray unpickles first
+        what = ("has changed since your lora-study wrote it (edited, truncated or replaced)" if why == "changed"
+                else "was not written by your lora-study on this machine (no signature with your key)")
+        more = f" (and {len(untrusted) - 1} more state files)" if len(untrusted) > 1 else ""
+        raise ConfigError(f"study {name!r}: {exp / file} {what}{more}; --resume would unpickle it, which runs code. "
+                          f"If you made this study or trust who did, resume it with --trust (see docs/trust.md)")
+    return True
+
+
 #: Flags a resumed study cannot take: Ray restores the trial count, concurrency and resources from
 #: its own pickled state (``SearchGenerator`` total, ``tuner.pkl``), whatever the Tuner is told.
 _FIXED_ON_RESUME = ("study.num_samples", "study.max_concurrent", "resources.cpus_per_trial",
@@ -196,36 +255,68 @@ def _check_resume_flags(flags: dict[str, Any], cfg: StudyConfig) -> None:
                               f"(Ray restores it from the study's own state); drop {flag}, or start a new study")
 
 
-def _check_tracking(uri: str) -> None:
-    from .tracking.server import check_tracking
+def _check_tracking(uri: str, experiment: str) -> None:
+    """The store answers, and the study's experiment (if it exists) keeps its artifacts where the
+    user's credentials may go (:func:`~study.tracking.trust.check_artifact_uri`)."""
+    from .tracking.server import check_tracking, client
+    from .tracking.trust import check_experiment_artifacts
 
     check_tracking(uri)
+    check_experiment_artifacts(client(uri), experiment, uri)
 
 
 # --------------------------------------------------------------------------- execution
 
 
-def _tuner(prep: Prepared, parent_run_id: str):
-    """Build (or restore) the Tuner with searcher, scheduler, callbacks."""
+def _trainable(prep: Prepared) -> tuple[Any, Any]:
+    """The trial function with its resources, and the storage filesystem Ray writes through."""
     from ray import tune
 
     from trainables import train
+
+    from .storage.atomic_fs import AtomicLocalFS
+
+    res = prep.cfg.resources
+    trainable = tune.with_resources(train, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    return trainable, None if is_remote(prep.paths.storage) else pyarrow.fs.PyFileSystem(AtomicLocalFS())
+
+
+def _restore(prep: Prepared) -> Any:
+    """Ray's own restore of the study's Tuner (its state checked in :func:`_check_state`)."""
+    from ray import tune
+
+    trainable, storage_fs = _trainable(prep)
+    return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
+                              storage_filesystem=storage_fs)
+
+
+def _sign_state(prep: Prepared) -> None:
+    """From here on the driver signs the Ray state it writes; a resumed study's state as it is now
+    (checked, or vouched for with ``--trust``) is signed too, so its next resume needs no flag."""
+    from .storage.signing import adopt, start_signing
+
+    if is_remote(prep.paths.storage):
+        return
+    start_signing(prep.paths.experiment)
+    if prep.resume:
+        adopt(prep.paths.experiment)
+
+
+def _tuner(prep: Prepared, parent_run_id: str):
+    """Build the Tuner of a new study with searcher, scheduler, callbacks; (tuner, scheduler)."""
+    from ray import tune
 
     from .console.progress import ProgressView
     from .search.journal import OptunaJournalCallback
     from .search.registry import build_search
     from .search.space import param_space, seed_names
-    from .storage.atomic_fs import AtomicLocalFS, DiskFullWatch
+    from .storage.atomic_fs import DiskFullWatch
     from .storage.repair import RepairCheckpointRecords
     from .tracking.tracker import MLflowTracker
 
     cfg = prep.cfg
     res = cfg.resources
-    trainable = tune.with_resources(train, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    storage_fs = None if is_remote(prep.paths.storage) else pyarrow.fs.PyFileSystem(AtomicLocalFS())
-    if prep.resume:
-        return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
-                                  storage_filesystem=storage_fs), None
+    trainable, storage_fs = _trainable(prep)
     threads = {"train.threads": max(1, int(res.cpus_per_trial))}
     plan = build_search(cfg, prep.n_train)
     search_alg, scheduler, callbacks = plan.searcher, plan.scheduler, list(plan.callbacks)
@@ -274,7 +365,8 @@ def _init_ray(address: str | None) -> bool:
     # configure_logging=False: Ray's driver logs go to the study log (study.console), not stderr;
     # trial workers log WARNING and above only (their INFO was "Checkpoint successfully created"
     # once per evaluation, forwarded to the driver's stderr) and keep quiet when told to exit.
-    env = {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}, "worker_process_setup_hook": "study.console.logs.quiet_worker_exit"}
+    env = {"env_vars": {"RAY_LOGGER_LEVEL": "warning"}, "worker_process_setup_hook": "study.console.logs.worker_setup"}
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # worker lines Ray forwards: no ANSI colour codes
     quiet: dict[str, Any] = {"configure_logging": False, "runtime_env": env}
     if address:
         ray.init(address=address, **quiet)
@@ -294,58 +386,151 @@ def _shutdown_ray(started: bool, log_path: Path) -> None:
             ray.shutdown()
 
 
-def execute(prep: Prepared, address: str | None) -> int:
-    from .console.labels import legend
+class _CtrlC:
+    """The first Ctrl-C at any moment stops the study with its one line and the resume command.
+
+    Why our own handler: Ray Tune installs one only once ``fit`` is under way, logs its message to
+    the study log, and leaves it installed after ``fit``; a Ctrl-C before (imports, the preflight,
+    Ray starting) was a traceback, and one in Tune's start-up or after it went unseen. Outside
+    ``fit`` a Ctrl-C raises ``KeyboardInterrupt`` (:func:`execute` turns it into the line); inside,
+    it asks Tune for its own graceful stop (SIGUSR1, the same handler: a last snapshot, then ``fit``
+    returns) and a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.caught = False
+        self.in_fit = False
+
+    def install(self) -> _CtrlC:
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Tune's would replace this one
+        signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first, self.caught = not self.caught, True
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if first and self.in_fit and getattr(tune_stop, "__name__", "") == "signal_interrupt_tune_run":
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return
+        raise KeyboardInterrupt
+
+
+def execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC | None = None) -> int:
+    """Run the prepared study to its end; a Ctrl-C at any point stops it, resumable."""
+    ctrl_c = ctrl_c or _CtrlC()
+    try:
+        return _execute(prep, address, ctrl_c)
+    except KeyboardInterrupt:
+        return _stop_interrupted(prep)
+
+
+def _execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC) -> int:
     from .storage.atomic_fs import DiskFullError
-    from .tracking.queue import undelivered_operations
-    from .tracking.runs import finish_parent_run, start_parent_run, system_metrics
-    from .tracking.server import configure_mlflow_http, tracking_problem
-    from .tracking.summary import print_summary, summarize
+
+    _environment()
+    prep.log_path = log_to_file(prep.paths.local / LOG_NAME)
+    _sign_state(prep)
+    restored = _restore_or_say(prep) if prep.resume else None  # before MLflow: a failed restore changes nothing there
+    if prep.resume and restored is None:
+        return EXIT_INPUT
+    rc = _open_study(prep)
+    if rc is not None:
+        return rc
+    from .tracking.runs import system_metrics
+
+    prep.started_ray = _init_ray(address)
+    prep.t0 = time.time()
+    prep.record.setdefault("fit_started_unix", prep.t0)  # the study's time zero (benchmarks read it)
+    prep.progress_before = _trial_progress(prep.paths.experiment)
+    tuner = restored or _tuner(prep, prep.parent)[0]
+    ctrl_c.in_fit = True
+    try:
+        with system_metrics(prep.tracking_uri, prep.parent, resume=prep.resume):
+            results = tuner.fit()
+    except DiskFullError as e:
+        _stop_ray(prep)
+        return _stop_on_full_disk(prep, prep.parent, e)
+    finally:
+        ctrl_c.in_fit = False
+    _stop_ray(prep)
+    return _close_study(prep, results, interrupted=ctrl_c.caught)
+
+
+def _environment() -> None:
+    from .tracking.server import configure_mlflow_http
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # snapshots per report are intended: nothing lost on a crash
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy output prints nothing; the new one still boxes the experiment
     configure_mlflow_http()
+
+
+def _open_study(prep: Prepared) -> int | None:
+    """The MLflow parent run, ``study.json`` and the header; an exit code if the study cannot start."""
+    from .console.labels import legend
+    from .tracking.runs import start_parent_run
+    from .tracking.server import tracking_problem
+    from .tracking.tracker import use_destination
+
     cfg, paths = prep.cfg, prep.paths
-    log_path = log_to_file(paths.local / LOG_NAME)
     experiment = cfg.mlflow.experiment or paths.name
-    try:
-        parent = start_parent_run(prep.tracking_uri, experiment, paths.name, _parent_params(prep),
-                                  tags={"lora_study.config_file": prep.record.get("config_file", "")}, resume=prep.resume)
+    try:  # a study that stopped before its trials started reopens its parent run too
+        prep.parent = start_parent_run(prep.tracking_uri, experiment, paths.name, _parent_params(prep),
+                                       tags={"lora_study.config_file": prep.record.get("config_file", "")},
+                                       resume=prep.resume or bool(prep.record.get("parent_run_id")))
     except Exception as e:  # checked in prepare(); the server can still go away in between
         print(f"error: {tracking_problem(prep.tracking_uri, e)}", file=sys.stderr)
         return EXIT_INPUT
-    prep.record["parent_run_id"] = parent
-    prep.record["experiment"] = experiment
-    prep.record.setdefault("started", [])
-    prep.record["started"] = list(prep.record["started"]) + [now_iso()]
+    prep.record.update(parent_run_id=prep.parent, experiment=experiment, started=[*prep.record.get("started", []), now_iso()])
     try:
         write_json(paths.study_json, prep.record)
     except OSError as e:
-        return _stop_on_full_disk(prep, parent, e)
+        return _stop_on_full_disk(prep, prep.parent, e)
     print(f"study {paths.name}: {cfg.study.num_samples} trials, {cfg.study.max_concurrent} at a time, best {cfg.study.metric} wins"
           + (" (resumed)" if prep.resume else ""), flush=True)
     print(f"  searching {legend(sorted(cfg.search))}" if cfg.search else "  nothing searched", flush=True)
-    print(f"  results  {paths.experiment}\n  watch    tail -f {log_path}", flush=True)
-    runs, report = _where_to_look(prep, parent)
+    print(f"  results  {paths.experiment}\n  watch    tail -f {prep.log_path}", flush=True)
+    runs, report = _where_to_look(prep, prep.parent)
     print(f"  MLflow   {runs}\n  report   {report}   (also while the study runs)\n", flush=True)
-    started_ray = _init_ray(address)
-    t0 = time.time()
-    prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
-    before = _trial_progress(paths.experiment)
-    tuner, _ = _tuner(prep, parent)
-    interrupted = False
+    use_destination(prep.tracking_uri, prep.parent)  # trial runs go where the user says now, never where tuner.pkl says
+    return None
+
+
+def _stop_ray(prep: Prepared) -> None:
+    """Stop the Ray this study started and add this session's time to the study's wall time when
+    trials ran in it: resuming a finished study runs nothing and leaves its wall time as it was."""
+    if prep.t0 is not None:
+        if _trial_progress(prep.paths.experiment) != prep.progress_before:
+            prep.record["wall_s"] = time.time() - prep.t0 + float(prep.record.get("wall_s", 0.0))
+        prep.t0 = None
+    _shutdown_ray(prep.started_ray, prep.log_path)
+    prep.started_ray = False
+
+
+def _stop_interrupted(prep: Prepared) -> int:
+    """Ctrl-C outside Tune's graceful stop: the study as it is on storage, its parent run KILLED,
+    ``study.json`` written (so ``--resume`` finds it even before the trials started), one line.
+    A second Ctrl-C cuts this short: storage is consistent at every moment."""
+    from .tracking.runs import finish_parent_run
+
     try:
-        with system_metrics(prep.tracking_uri, parent, resume=prep.resume):
-            results = tuner.fit()
-    except KeyboardInterrupt:
-        interrupted, results = True, None
-    except DiskFullError as e:
-        _add_wall_time(prep, t0, before)
-        _shutdown_ray(started_ray, log_path)
-        return _stop_on_full_disk(prep, parent, e)
-    _shutdown_ray(started_ray, log_path)
-    _add_wall_time(prep, t0, before)
+        _stop_ray(prep)
+        write_json(prep.paths.study_json, prep.record)
+        if prep.parent:
+            finish_parent_run(prep.tracking_uri, prep.parent, status="KILLED", summary={"interrupted": True}, timeout_s=5.0)
+    except (KeyboardInterrupt, OSError):
+        pass
+    print(f"\nstudy {prep.paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
+    return EXIT_INTERRUPTED
+
+
+def _close_study(prep: Prepared, results: Any, interrupted: bool) -> int:
+    """The end of ``fit``: interrupted (resume command), or the summary, the registered best
+    adapter and the closed parent run."""
+    from .tracking.queue import undelivered_operations
+    from .tracking.runs import finish_parent_run
+    from .tracking.summary import print_summary, summarize
+
+    paths, parent = prep.paths, prep.parent
     try:
         write_json(paths.study_json, prep.record)
     except OSError as e:
@@ -356,7 +541,7 @@ def execute(prep: Prepared, address: str | None) -> int:
         print(f"\nstudy {paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
         return EXIT_INTERRUPTED
     if summary.get("best"):
-        with stderr_to_log(log_path):  # MLflow prints "Successfully registered model …" straight to stderr
+        with stderr_to_log(prep.log_path):  # MLflow prints "Successfully registered model …" straight to stderr
             summary["registered_model"] = _register_best(prep, parent, summary)
     undelivered = undelivered_operations(parent)
     try:
@@ -378,22 +563,16 @@ def execute(prep: Prepared, address: str | None) -> int:
     return EXIT_OK
 
 
-def _trial_progress(experiment: str) -> dict[str, tuple[Any, Any]]:
-    """Each stored trial's status and training iteration (``{}`` before Ray stored any): what
-    changes when trials run."""
-    from .storage.trials import read_trials
-
+def _restore_or_say(prep: Prepared) -> Any:
+    """The restored Tuner, or ``None`` after one line saying why Ray could not restore it."""
     try:
-        return {t.trial_id: (t.status, t.last_result.get("training_iteration")) for t in read_trials(experiment, with_results=False)}
-    except ConfigError:
-        return {}
-
-
-def _add_wall_time(prep: Prepared, t0: float, before: dict[str, tuple[Any, Any]]) -> None:
-    """Add the time since ``t0`` to the study's wall time when trials ran since (``before``: their
-    progress then): resuming a finished study runs nothing and leaves its wall time as it was."""
-    if _trial_progress(prep.paths.experiment) != before:
-        prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
+        return _restore(prep)
+    except Exception as e:  # a pickle that does not load (the state itself was checked for damage)
+        name, msg = prep.paths.name, (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"error: Ray cannot restore study {name!r} from {prep.paths.experiment} ({type(e).__name__}: {msg}); "
+              f"start the study again under a new --name (its results so far stay readable: "
+              f"`python -m dashboards.report --study {name}`)", file=sys.stderr, flush=True)
+        return None
 
 
 def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -450,6 +629,17 @@ def _describe_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> None
         log.warning("could not record the best trial on the MLflow parent run: %s", e)
 
 
+def _trial_progress(experiment: str) -> dict[str, tuple[Any, Any]]:
+    """Each stored trial's status and training iteration (``{}`` before Ray stored any): what
+    changes when trials run."""
+    from .storage.trials import read_trials
+
+    try:
+        return {t.trial_id: (t.status, t.last_result.get("training_iteration")) for t in read_trials(experiment, with_results=False)}
+    except ConfigError:
+        return {}
+
+
 def _where_to_look(prep: Prepared, parent: str) -> tuple[str, str]:
     """How to open the study's MLflow runs table (the command for a local store, and the page
     with its experiment id) and the command that writes the HTML report."""
@@ -498,14 +688,27 @@ def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    ctrl_c = _CtrlC().install()
     console_logging()  # own warnings on stderr, one line each; libraries: the study log (execute)
     args = build_parser().parse_args(argv)
     try:
         prep = prepare(args)
+    except KeyboardInterrupt:
+        again = " ".join(["python -m study.run --name", str(args.name), "--resume", *(["--storage", args.storage] if args.storage else []),
+                          *(["--tracking-uri", args.tracking_uri] if args.tracking_uri else [])])
+        print("\ninterrupted before the study started; nothing was written" + (f": resume it with `{again}`" if args.resume else ""),
+              flush=True)
+        return EXIT_INTERRUPTED
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
-    return execute(prep, args.address)
+    except OSError as e:  # a write before the study starts (lock, caches, the tracking store) on a full disk
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = e.strerror if str(e.strerror).startswith("disk full") else f"disk full writing {e.filename or 'a file'} ({e.strerror})"
+        print(f"error: {where}: nothing was started; free some space, then run the command again", file=sys.stderr)
+        return EXIT_FAULT
+    return execute(prep, args.address, ctrl_c)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,14 @@ def tiny_st_bert(tiny_bert, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _config_home(tmp_path_factory):
+    """Studies sign their Ray state with a key in the user's config dir: the tests' own, never yours."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _token_cache(tmp_path_factory, monkeypatch):
     """Keep the token cache inside pytest's temp dir (shared across tests of one session)."""

@@ -12,7 +12,14 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from .config import ConfigError, TrialConfig
 
-__all__ = ["preflight", "DataCounts"]
+__all__ = ["preflight", "DataCounts", "MIN_PER_LABEL"]
+
+#: Fewest examples per label a training subset or an evaluation split may hold. Why 10: a
+#: stratified subset below that gives each label a handful of examples, fewer than one batch
+#: sees, so a trial learns nothing worth ranking; an evaluation split below it moves accuracy by
+#: 5 points or more per example (binary) with a standard error of 11 points or more (n = 20,
+#: p = 0.5), larger than any difference a study is run to find.
+MIN_PER_LABEL = 10
 
 
 class DataCounts(NamedTuple):
@@ -33,11 +40,13 @@ def preflight(trial: TrialConfig, variants: Mapping[str, Sequence[Any]] | None =
     variants = variants or {}
     raw = load_splits(trial.data)
     n_train = len(raw.train_texts)
-    for size in variants.get("data.size", [trial.data.size]):
-        n = type(trial.data).model_validate({**trial.data.model_dump(), "size": size}).count(n_train)
+    where = "search.data.size" if "data.size" in variants else "data.size"
+    sizes = [type(trial.data).model_validate({**trial.data.model_dump(), "size": size}).count(n_train)
+             for size in variants.get("data.size", [trial.data.size])]
+    for n in sizes:
         if n > n_train:
-            where = "search.data.size" if "data.size" in variants else "data.size"
             raise ConfigError(f"{where}: {n} is larger than the train split ({n_train} examples in {raw.source})")
+    _check_enough(raw, sizes, where)
     model_path = check_model_name(trial.model.name)
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -55,3 +64,21 @@ def preflight(trial: TrialConfig, variants: Mapping[str, Sequence[Any]] | None =
     for pooling in variants.get("model.pooling", [trial.model.pooling]):
         apply_pooling(model, pooling, trial.model.name, trial.lora.modules_to_save)
     return DataCounts(n_train, raw.dropped_empty)
+
+
+def _check_enough(raw: Any, sizes: Sequence[int], where: str) -> None:
+    """Every training subset and evaluation split holds at least :data:`MIN_PER_LABEL` examples
+    per label; else one line naming the numbers (a 4-example study reported "accuracy 0.00%")."""
+    labels = len(raw.label_names)
+    need = MIN_PER_LABEL * labels
+    small = []
+    if min(sizes) < need:
+        small.append(f"{where} {', '.join(str(n) for n in sorted(set(sizes)) if n < need)} training examples")
+    if len(raw.dev_texts) < need:
+        small.append(f"a dev split of {len(raw.dev_texts)}")
+    if raw.val_texts is not None and len(raw.val_texts) < need:
+        small.append(f"a validation split (data.holdout_size) of {len(raw.val_texts)}")
+    if small:
+        raise ConfigError(f"too little data in {raw.source} to mean anything: {' and '.join(small)}, for {labels} labels; "
+                          f"training subsets and evaluation splits need at least {need} examples ({MIN_PER_LABEL} per label): "
+                          f"use more data, a larger data.size, data.dev_size or data.dev_fraction")

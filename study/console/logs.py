@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["console_logging", "log_to_file", "quiet_libraries", "quiet_worker_exit", "stderr_to_log", "LOG_NAME", "OWN_LOGGERS"]
+__all__ = ["console_logging", "log_to_file", "quiet_libraries", "quiet_worker_exit", "worker_setup", "stderr_to_log", "LOG_NAME",
+           "OWN_LOGGERS"]
 
 #: The study's log file, beside ``study.json``.
 LOG_NAME = "study.log"
@@ -172,3 +173,17 @@ def quiet_worker_exit() -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
+
+
+class _NotWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def worker_setup() -> None:
+    """Ray worker setup hook (``runtime_env["worker_process_setup_hook"]``): :func:`quiet_worker_exit`,
+    and no warnings about the data from trial workers. The driver's preflight loads the same data
+    and has said them once, on the terminal; every trial repeating them, forwarded by Ray with its
+    ``(train pid=…)`` prefix, showed each warning again."""
+    quiet_worker_exit()
+    logging.getLogger("trainables.data").addFilter(_NotWarnings())

@@ -145,9 +145,10 @@ def _metric_name(s: str) -> str:
 def log_to_study(study: str, storage: str | None, tracking_uri: str | None, result: dict[str, Any]) -> dict[str, str]:
     """``evaluate.*`` metrics (+ data/model tags) on the study's MLflow parent run."""
     from ..storage.studies import read_study
+    from ..tracking.trust import trusted_tracking_uri
 
     _, record = read_study(study, storage)
-    parent, uri = record.get("parent_run_id"), tracking_uri or record.get("tracking_uri")
+    parent, uri = record.get("parent_run_id"), trusted_tracking_uri(study, record.get("tracking_uri"), tracking_uri)
     if not parent or not uri:
         raise ConfigError(f"study {study!r}: study.json has no MLflow parent run (was it started?)")
     try:

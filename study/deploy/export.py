@@ -190,13 +190,27 @@ def _check_out(out: Path, force: bool) -> None:
         raise ConfigError(f"--out {out} exists and is not empty (use --force to overwrite)")
 
 
+def _check_registry_source(uri: str) -> None:
+    """The registry picks where a version's files are downloaded from: the user's MLflow
+    credentials go there only when it is the tracking server they named."""
+    import mlflow
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    from ..tracking.trust import check_artifact_uri
+
+    check_artifact_uri(ModelsArtifactRepository.get_underlying_uri(uri), mlflow.get_tracking_uri(), f"--from-registry {uri}")
+
+
 def _from_registry(uri: str, out: Path, force: bool, merge: bool) -> Path:
     import mlflow
 
     _check_out(out, force)
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            _check_registry_source(uri)
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except ConfigError:
+            raise
         except Exception as e:
             msg = str(e).strip().splitlines()
             raise ConfigError(f"--from-registry {uri}: cannot download ({type(e).__name__}: {msg[0] if msg else ''})") from None
@@ -210,6 +224,13 @@ def _from_registry(uri: str, out: Path, force: bool, merge: bool) -> Path:
     # a version registered before exports were portable and refused stock loading gets both now
     _finish(out, json.loads((out / META_FILE).read_text()), merge)
     return out
+
+
+def _study_tracking_uri(study: str, storage: str | None) -> str:
+    """The tracking URI ``study.json`` records, if the user's credentials may go there."""
+    from ..tracking.trust import trusted_tracking_uri
+
+    return trusted_tracking_uri(study, read_study(study, storage)[1].get("tracking_uri"), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.from_registry.startswith("models:/"):
                 raise ConfigError(f"--from-registry {args.from_registry}: expected models:/NAME/VERSION")
             # the registry is the study's tracking server unless told otherwise
-            uri = args.tracking_uri or (read_study(args.study, args.storage)[1].get("tracking_uri") if args.study else None)
+            uri = args.tracking_uri or (_study_tracking_uri(args.study, args.storage) if args.study else None)
             if uri:
                 mlflow.set_tracking_uri(uri)
             out = _from_registry(args.from_registry, Path(args.out), args.force, args.merge)

@@ -89,17 +89,20 @@ def _register(tracking_uri: str, parent_run_id: str, summary: dict[str, Any], na
     from mlflow import MlflowClient
 
     from ..tracking.runs import trial_run_id
+    from ..tracking.trust import check_run_artifacts
     from .logged_model import log_model, model_name
 
     best = summary["best"]
-    out = export_checkpoint(best["checkpoint"], Path(paths.local) / "best_adapter", {**best, "study": summary["name"]}, force=True)
-    meta = json.loads((out / META_FILE).read_text())
     client = MlflowClient(tracking_uri)
-    client.log_artifacts(parent_run_id, str(out), "best_adapter")
     run_id = trial_run_id(tracking_uri, parent_run_id, best["trial_id"])
     if run_id is None:
         log.warning("trial %s has no MLflow run under %s; the model is logged under the study's run", best["trial_id"], parent_run_id)
         run_id = parent_run_id
+    for run in {parent_run_id, run_id}:  # before any upload: the store picks where artifacts go
+        check_run_artifacts(client, run, tracking_uri)
+    out = export_checkpoint(best["checkpoint"], Path(paths.local) / "best_adapter", {**best, "study": summary["name"]}, force=True)
+    meta = json.loads((out / META_FILE).read_text())
+    client.log_artifacts(parent_run_id, str(out), "best_adapter")
     mlflow.set_tracking_uri(tracking_uri)
     info = log_model(out, run_id, model_name(summary["name"], best["trial_id"]), int(best.get("samples_seen") or 0), meta["base_model"])
     version = mlflow.register_model(info.model_uri, name, tags=_version_tags(summary, meta))

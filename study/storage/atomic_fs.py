@@ -9,6 +9,9 @@ suggested after the crash, every fixed config key back at its default), a trunca
 ``result.json`` loses the trial's earlier results. With :class:`AtomicLocalFS` every file is
 either its old or its new version.
 
+The driver's writes of Ray's pickled state are signed on the way (:mod:`study.storage.signing`):
+``--resume`` unpickles only what this user's driver wrote.
+
 A full disk is the same hazard: a write that runs out of space must never put a truncated file
 in place of a good one. Ray's background sync only *logs* a failed snapshot and carries on, so
 on its own the study would keep running on a disk that can no longer record it.
@@ -35,6 +38,8 @@ from typing import Any
 
 import pyarrow.fs
 from ray.tune import Callback
+
+from . import signing
 
 __all__ = ["AtomicLocalFS", "DiskFullError", "DiskFullWatch", "disk_full_events", "is_enospc"]
 
@@ -119,12 +124,15 @@ class AtomicLocalFS(pyarrow.fs.FileSystemHandler):
         self.fs.delete_file(path)
 
     def move(self, src: str, dest: str) -> None:
+        if os.path.isfile(src):
+            _sign_file(src, dest)
         self.fs.move(src, dest)
 
     def copy_file(self, src: str, dest: str) -> None:
         tmp = _tmp_name(dest)
         try:
             self.fs.copy_file(src, tmp)
+            _sign_file(tmp, dest)
             os.replace(tmp, dest)
         except OSError as e:
             _unlink(tmp)
@@ -153,6 +161,17 @@ def _tmp_name(path: str) -> str:
     return os.path.join(head, f".{tail}.tmp-{os.getpid()}-{time.monotonic_ns()}")
 
 
+def _sign_file(tmp: str, dest: str) -> None:
+    """Sign ``tmp``'s content as ``dest`` when ``dest`` is study state this driver signs
+    (:mod:`study.storage.signing`), before it is renamed into place."""
+    mac = signing.mac_for(dest)
+    if mac is not None:
+        with open(tmp, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                mac.update(chunk)
+        signing.record(dest, mac)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -178,6 +197,7 @@ class _RenameOnClose(io.FileIO):
 
     def __init__(self, path: str) -> None:
         self._final, self._tmp, self._failed = path, _tmp_name(path), False
+        self._mac = signing.mac_for(path)  # study state is signed as it is written
         try:
             super().__init__(self._tmp, "wb")
         except OSError as e:
@@ -201,6 +221,8 @@ class _RenameOnClose(io.FileIO):
             if is_enospc(e):
                 raise _disk_full(self._final) from None
             raise
+        if self._mac is not None:
+            self._mac.update(view)
         return done
 
     def _abort(self) -> None:
@@ -217,9 +239,13 @@ class _RenameOnClose(io.FileIO):
         if self._failed:
             return
         try:
+            if self._mac is not None:
+                signing.record(self._final, self._mac)
             os.replace(self._tmp, self._final)
-        except OSError:
+        except OSError as e:
             _unlink(self._tmp)
+            if is_enospc(e):
+                raise _disk_full(self._final) from None
             raise
 
 

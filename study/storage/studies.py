@@ -11,6 +11,7 @@ outside the studies root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -25,7 +26,7 @@ from typing import IO, Any
 from trainables.config import ConfigError
 
 __all__ = [
-    "StudyPaths", "study_paths", "check_name", "write_json", "read_study", "list_studies", "lock_study", "file_lock",
+    "StudyPaths", "study_paths", "check_name", "write_json", "read_study", "list_studies", "lock_study", "file_lock", "check_not_running",
     "disk_full_message", "now_iso", "LOCAL_ROOT", "is_remote", "MAX_NAME_LEN",
 ]
 
@@ -182,18 +183,43 @@ def lock_study(paths: StudyPaths) -> IO[str]:
     A second driver gets a one-line ``ConfigError`` naming the holder."""
     f = file_lock(paths.lock_file, blocking=False)
     if f is None:
-        try:
-            holder = paths.lock_file.read_text().strip() or "another process"
-        except OSError:
-            holder = "another process"
-        where = "" if paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {paths.storage}"
-        raise ConfigError(f"study {paths.name!r} is already running ({holder}); wait for it to end, "
-                          f"or stop it and continue with `python -m study.run --name {paths.name} --resume{where}`")
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}")
-    f.flush()
+        raise _already_running(paths)
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}")
+        f.flush()
+    except OSError as e:
+        with contextlib.suppress(OSError):  # closing flushes the same text again
+            f.close()
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(errno.ENOSPC, disk_full_message(paths.lock_file)) from None
+        raise
     return f
+
+
+def _already_running(paths: StudyPaths) -> ConfigError:
+    try:
+        holder = paths.lock_file.read_text().strip() or "another process"
+    except OSError:
+        holder = "another process"
+    where = "" if paths.storage == str(LOCAL_ROOT.resolve()) else f" --storage {paths.storage}"
+    return ConfigError(f"study {paths.name!r} is already running ({holder}); wait for it to end, "
+                       f"or stop it and continue with `python -m study.run --name {paths.name} --resume{where}`")
+
+
+def check_not_running(paths: StudyPaths) -> None:
+    """One line if a driver holds study ``paths.name``'s lock: a study that is starting holds it
+    seconds before its ``study.json`` exists. Creates nothing (no lock file for a mistyped name)."""
+    try:
+        f = open(paths.lock_file)
+    except OSError:
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _already_running(paths) from None
 
 
 def now_iso() -> str:

@@ -16,7 +16,7 @@ from trainables.config import ConfigError
 
 from .studies import is_remote
 
-__all__ = ["StoredTrial", "read_trials", "trial_fs", "newest_experiment_state", "read_json_lines"]
+__all__ = ["StoredTrial", "read_trials", "trial_fs", "newest_experiment_state", "read_json_lines", "stored_results"]
 
 
 @dataclass
@@ -114,3 +114,14 @@ def read_trials(experiment: str, with_results: bool = True) -> list[StoredTrial]
 def trial_fs(trial: StoredTrial) -> tuple[Any, str]:
     """(pyarrow filesystem, path on it) of a stored trial's directory."""
     return _fs(trial.path)
+
+
+def stored_results(trial: Any) -> list[dict[str, Any]]:
+    """A live Ray trial's result rows as stored (``trial.path`` on its storage filesystem), the
+    history a resumed trial continues: after a driver crash its staging copy is gone. ``[]``: no
+    ``result.json`` yet (a torn last line is skipped)."""
+    try:
+        with trial.storage.storage_filesystem.open_input_stream(f"{trial.path}/result.json") as f:
+            return read_json_lines(f.readall().decode("utf-8", "replace"))
+    except Exception:  # a trial that never reported, or no storage (a stand-in trial)
+        return []

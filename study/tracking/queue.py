@@ -29,6 +29,7 @@ class OperationQueue:
         self.retry_interval_s = retry_interval_s
         self.items: collections.deque[Operation] = collections.deque()
         self._retry_at = 0.0
+        self._failing = False  # the last attempt failed (its warning is out; retries go to the log)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -40,17 +41,27 @@ class OperationQueue:
             self.drain(apply)
 
     def drain(self, apply: Callable[..., None]) -> bool:
-        """Apply operations in order; stop at the first failure. True when the queue is empty."""
+        """Apply operations in order; stop at the first failure. True when the queue is empty.
+
+        An outage is said on the terminal twice: when it starts and when the buffer is delivered;
+        each retry in between goes to the study log only (a minute-long outage was 35 lines)."""
+        delivered, failing = 0, getattr(self, "_failing", False)  # a queue pickled before this flag
         while self.items:
             try:
                 apply(*self.items[0])
             except Exception as exc:
                 self._retry_at = time.monotonic() + self.retry_interval_s
-                logger.warning("MLflow call failed (%s: %s); %d operation(s) buffered, retrying in %gs.",
-                               type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "",
-                               len(self.items), self.retry_interval_s)
+                logger.log(logging.INFO if failing else logging.WARNING,
+                           "MLflow call failed (%s: %s); %d operation(s) buffered, retrying every %gs.",
+                           type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "",
+                           len(self.items), self.retry_interval_s)
+                self._failing = True
                 return False
             self.items.popleft()
+            delivered += 1
+        if failing:
+            logger.warning("MLflow is reachable again: %d buffered operation(s) delivered.", delivered)
+            self._failing = False
         return True
 
     def flush(self, apply: Callable[..., None], timeout_s: float = 0.0) -> bool:

@@ -29,6 +29,8 @@ def configure_mlflow_http(timeout_s: int = 5, max_retries: int = 1) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    # "🏃 View run … at: URL" on stdout for every run a client ends: the study prints its own links
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def tracking_problem(tracking_uri: str, exc: BaseException) -> str:

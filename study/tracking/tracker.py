@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from numbers import Number
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -32,6 +32,7 @@ from ..config import effective_values
 from ..console.labels import trial_label
 from ..search.journal import link_trial
 from ..search.tpe import MLFLOW_RUN_ID_ATTR, RAY_TRIAL_ID_ATTR
+from ..storage.trials import stored_results
 from .queue import OperationQueue, record_undelivered
 from .runs import (
     CHECKPOINT_TAG,
@@ -48,7 +49,7 @@ from .runs import (
 )
 from .server import client as _client
 
-__all__ = ["MLflowTracker", "PrunedSignal"]
+__all__ = ["MLflowTracker", "PrunedSignal", "use_destination"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ _NOT_METRICS = {*AUTO_RESULT_KEYS, *DEBUG_METRICS, DONE, SHOULD_CHECKPOINT, EXPE
 
 class PrunedSignal(Protocol):
     def was_pruned(self, trial_id: str) -> bool: ...
+
+
+#: Where the trackers of this process write: (tracking URI, parent run id), set by the driver from
+#: what the user runs now. A tracker restored from ``tuner.pkl`` carries no destination of its own.
+_destination: dict[str, str] = {}
+
+
+def use_destination(tracking_uri: str, parent_run_id: str) -> None:
+    """Where an :class:`MLflowTracker` unpickled by ``Tuner.restore`` in this process writes:
+    ``tracking_uri``, under ``parent_run_id`` (a tracker built in this process was told already)."""
+    _destination.update(tracking_uri=tracking_uri, parent_run_id=parent_run_id)
 
 
 class MLflowTracker(Callback):
@@ -86,8 +98,13 @@ class MLflowTracker(Callback):
 
     The callback is pickled into ``tuner.pkl`` together with the scheduler, so
     after ``Tuner.restore`` ``pruned_signal`` is still the scheduler the Tuner
-    uses.  Its checkpointed state is only the undelivered buffer.
+    uses.  Its destination is not pickled: ``--resume --tracking-uri NEW`` must
+    write to NEW, so a restored tracker takes it from :func:`use_destination`.
+    Its checkpointed state is only the undelivered buffer.
     """
+
+    #: Not pickled: where to write comes from the driver that runs now, never from ``tuner.pkl``.
+    _NOT_PICKLED = ("tracking_uri", "parent_run_id", "_client_obj", "_experiment_id", "_run_ids", "_logged", "_inputs", "_planned")
 
     def __init__(
         self,
@@ -120,12 +137,16 @@ class MLflowTracker(Callback):
         self._run_ids: dict[str, str] = {}  # cache only; MLflow is the source of truth
         self._inputs: dict[str, list[Any]] = {}  # data config (JSON) -> its dataset inputs, built once
         self._planned: set[str] = set()  # trials whose train.total_samples this driver has logged
+        self._logged: dict[str, _StepsLogged] = {}  # run id -> the (metric, step) points it holds
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_client_obj"] = None  # not picklable / not worth pickling
-        state["_inputs"], state["_planned"] = {}, set()
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_PICKLED}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({k: v for k, v in state.items() if k not in self._NOT_PICKLED})
+        self.tracking_uri = self.parent_run_id = None  # type: ignore[assignment]
+        self._client_obj, self._experiment_id, self._run_ids, self._logged = None, None, {}, {}
+        self._inputs, self._planned = {}, set()
 
     # -- public helpers -------------------------------------------------------------
     @property
@@ -139,6 +160,10 @@ class MLflowTracker(Callback):
 
     # -- Tune callback hooks --------------------------------------------------------
     def setup(self, **info: Any) -> None:
+        if self.tracking_uri is None:  # restored from tuner.pkl: the driver that runs now says where
+            if not _destination:
+                raise RuntimeError("MLflowTracker restored without a destination: call use_destination() before Tuner.fit")
+            self.tracking_uri, self.parent_run_id = _destination["tracking_uri"], _destination["parent_run_id"]
         self._submit("sweep", None, None)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -146,6 +171,9 @@ class MLflowTracker(Callback):
         params = flatten_params({**config, **effective_values(config, getattr(self, "n_train", None))})
         tags = {TRIAL_DIR_TAG: self._trial_dir(trial)} if self._trial_dir(trial) else {}
         self._submit("start", trial.trial_id, (self._run_name(trial), params, tags, self._dataset_inputs(config)))
+        stored = [m for row in stored_results(trial) for m in self._metrics(row, at=row.get("time_unix") or row.get("timestamp"))]
+        if stored:  # a resumed trial: what its stored history holds and its run lacks (lost with a driver, or
+            self._submit("metrics", trial.trial_id, {"metrics": stored})  # recovered from a checkpoint) reaches MLflow too
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -230,11 +258,12 @@ class MLflowTracker(Callback):
         """``<trial id> <searched values>`` (a tracker pickled before ``searched`` existed: the id)."""
         return trial_label(trial.trial_id, trial.config or {}, getattr(self, "searched", ()))[:250]
 
-    def _metrics(self, result: dict) -> list[tuple[str, float, int, int]]:
-        """The project's numeric entries of a Tune result as (key, value, timestamp_ms, step)."""
+    def _metrics(self, result: dict, at: float | None = None) -> list[tuple[str, float, int, int]]:
+        """The project's numeric entries of a Tune result as (key, value, timestamp_ms, step),
+        stamped now, or ``at`` (seconds) for a result reported earlier."""
         step = result.get(self.step_attr, result.get("training_iteration", 0))
         step = int(step) if isinstance(step, Number) and math.isfinite(step) else 0
-        now = int(time.time() * 1000)
+        now = int((at if isinstance(at, Number) else time.time()) * 1000)
         flat = flatten({k: v for k, v in result.items() if k != "config"})
         return [
             (key, float(value), now, step)
@@ -291,14 +320,25 @@ class MLflowTracker(Callback):
                 tags[GIT_TAG] = parent_tags[GIT_TAG]
             run = self._client.create_run(self._experiment(), run_name=run_name, tags=tags)
             run_id = run.info.run_id
+            self._logged[run_id] = _StepsLogged(None)  # a new run holds no points: nothing to ask
         self._run_ids[trial_id] = run_id
         return run_id
+
+    def _unlogged(self, run_id: str, payload: list) -> list:
+        """The points of ``payload`` the run does not hold yet: a trial resumed from a checkpoint
+        re-reports the evaluations after it, and a buffer restored from the callback state may
+        hold writes that were delivered before the driver died. Each (metric, step) goes once."""
+        if run_id not in self._logged:
+            self._logged[run_id] = _StepsLogged(lambda key: {m.step for m in self._client.get_metric_history(run_id, key)})
+        logged = self._logged[run_id]
+        return [(k, v, ts, step) for k, v, ts, step in payload if logged.add(k, step)]
 
     def _apply(self, kind: str, trial_id: str | None, payload: Any) -> None:
         try:
             self._apply_now(kind, trial_id, payload)
         except Exception:
             self._client_obj = None  # reconnect next time
+            self._logged.clear()  # a write may have landed before the failure: ask MLflow again
             raise
 
     def _apply_now(self, kind: str, trial_id: str | None, payload: Any) -> None:
@@ -320,7 +360,7 @@ class MLflowTracker(Callback):
             run_id = self._run_id(trial_id)
             if run_id is not None:
                 op = payload if isinstance(payload, dict) else {"metrics": payload}  # a buffer restored from before tags: a list
-                metrics = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
+                metrics = [Metric(k, v, ts, step) for k, v, ts, step in self._unlogged(run_id, op["metrics"])]
                 for i in range(0, len(metrics), 1000):
                     client.log_batch(run_id, metrics=metrics[i : i + 1000])
                 if op.get("tags") or op.get("params"):
@@ -333,5 +373,23 @@ class MLflowTracker(Callback):
                 if name:
                     client.update_run(run_id, name=name)
                 client.set_terminated(run_id, status=status)
+                logger.info("Trial %s: MLflow run %s ended %s (%s).", trial_id, run_id, status, state)
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown MLflow operation {kind!r}")
+
+
+class _StepsLogged:
+    """The steps each metric of one run holds in MLflow, read from MLflow at most once per metric
+    (``fetch``; ``None``: a run created by this process, which holds nothing yet)."""
+
+    def __init__(self, fetch: Callable[[str], set[int]] | None) -> None:
+        self._fetch, self._steps = fetch, {}
+
+    def add(self, key: str, step: int) -> bool:
+        """Note (``key``, ``step``) as logged; False if the run already held it."""
+        if key not in self._steps:
+            self._steps[key] = self._fetch(key) if self._fetch else set()
+        if step in self._steps[key]:
+            return False
+        self._steps[key].add(step)
+        return True

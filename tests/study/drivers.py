@@ -31,6 +31,10 @@ MAX_GAP = EVAL_EVERY + BATCH - 1  # consecutive evaluations are at most this man
 # --------------------------------------------------------------------------- processes
 
 
+#: Slower trials for the kill tests: 18 evaluations per 600-example trial, time to kill things.
+SLOW = ["--set", "train.epochs=3"]  # 18 evaluations per 600-example trial: time to kill things
+
+
 def study_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "LORA_STUDY_HOME": str(home), "RAY_DEDUP_LOGS": "0", **(extra or {})}
 

@@ -53,6 +53,7 @@ import pytest
 from tests.conftest import ROOT, run_study, tiny_study_args
 from tests.study.drivers import (
     MAX_GAP,
+    SLOW,
     MlflowServer,
     checkpoints_on_disk,
     crash_driver,
@@ -69,9 +70,6 @@ from tests.study.drivers import (
     verify_study,
     wait_for,
 )
-
-SLOW = ["--set", "train.epochs=3"]  # 18 evaluations per 600-example trial: time to kill things
-
 
 # --------------------------------------------------------------------------- the driver killed
 
@@ -399,13 +397,14 @@ def test_same_name_twice_then_sigkill_and_resume_continues_from_checkpoints(tmp_
     seen = (f"snapshot's latest {latest}; checkpoints with a stored result {on_disk}; tore {torn.name}; "
             f"repair lines {lines}\n{text[-3000:]}")
     assert len(lines) == 1, seen
-    skipped, resumed = re.search(r"latest checkpoint (.*) \(driver crash\); resuming from (\S+)\.$", lines[0]).groups()
+    skipped, resumed = re.search(r"latest checkpoint (.*) \(on resume\); resuming from (\S+)\.$", lines[0]).groups()
     reasons = skipped.split("; ")
     torn_at = [i for i, r in enumerate(reasons) if r.startswith(f"{torn.name} is unreadable")]
     assert len(torn_at) == 1, seen
     torn_at = torn_at[0]
     assert all(" is beyond its stored results " in r or r.endswith(" is gone") for r in reasons[:torn_at]), seen
-    assert Path(resumed).name in on_disk and on_disk[Path(resumed).name] < on_disk[torn.name], seen
+    # an older checkpoint, or one written after the history was stored (it carries its own evaluations)
+    assert Path(resumed).name not in on_disk or on_disk[Path(resumed).name] < on_disk[torn.name], seen
     assert "resuming from scratch" not in text, text[-3000:]
     assert not torn.exists() and (torn.parent / f".torn-{torn.name}").is_dir()
     firsts = {}

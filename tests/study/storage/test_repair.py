@@ -115,7 +115,7 @@ def test_a_checkpoint_the_snapshot_never_listed_is_found_on_storage(tmp_path, ca
         RepairCheckpointRecords(verify=_verify).on_step_begin(0, [trial])
     assert _latest(trial) == "checkpoint_000002"
     assert [r.getMessage() for r in caplog.records] == [
-        f"Trial a: latest checkpoint checkpoint_000001 is not the newest on storage (driver crash); "
+        f"Trial a: latest checkpoint checkpoint_000001 is unreadable (truncated) (on resume); "
         f"resuming from {results[2].checkpoint.path}."]
     assert any(r is manager._latest_checkpoint_result for r in manager._checkpoint_results)
 
@@ -136,7 +136,7 @@ def test_a_torn_checkpoint_newer_than_the_snapshot_is_set_aside_and_said(tmp_pat
     assert _latest(trial) == "checkpoint_000001"
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and lines[0].startswith("Trial a: latest checkpoint checkpoint_000002 is unreadable (truncated)"), lines
-    assert lines[0].endswith(f"(driver crash); resuming from {results[1].checkpoint.path}."), lines
+    assert lines[0].endswith(f"(on resume); resuming from {results[1].checkpoint.path}."), lines
     torn = Path(results[2].checkpoint.path)
     assert not torn.exists() and (torn.parent / f".torn-{torn.name}").is_dir()
 

@@ -149,6 +149,7 @@ def test_restart_reuses_the_trials_run_and_parent(mlflow_uri, parent, request):
     # Driver dies here: nothing is closed, both runs stay RUNNING.
 
     second = pickle.loads(pickled)  # Tuner.restore unpickles the callback from tuner.pkl
+    tracking.use_destination(mlflow_uri, parent)  # what the resuming driver says (tuner.pkl holds no destination)
     second.setup()  # experiment start: leftovers are interrupted
     for tid in ("a", "b"):
         run = child(mlflow_uri, parent, tid)
@@ -259,7 +260,7 @@ def test_unreachable_server_does_not_block_the_driver():
     assert flatten_params({"a": {"b": [1, 2]}, "c": None}) == {"a.b": "[1, 2]"}
 
 
-def test_tuner_interrupt_and_restore_gives_one_run_per_trial(ray_local, mlflow_uri, parent, tmp_path):
+def test_tuner_interrupt_and_restore_gives_one_run_per_trial(ray_local, mlflow_uri, parent, tmp_path):  # noqa: F811 (a fixture)
     sched = make_scheduler(grace_period=10, reduction_factor=2, max_t=MAX_T)
     searcher = make_searcher(SPACE, seed=3, points_to_evaluate=POINTS, max_concurrent=1)
     tracker = MLflowTracker(mlflow_uri, parent, pruned_signal=sched)
@@ -271,6 +272,7 @@ def test_tuner_interrupt_and_restore_gives_one_run_per_trial(ray_local, mlflow_u
     assert (only.info.status, only.data.tags[STATE_TAG]) == ("KILLED", "interrupted")
 
     path = str(tmp_path / "ray" / "exp")
+    tracking.use_destination(mlflow_uri, parent)  # what the resuming driver says (tuner.pkl holds no destination)
     second, third = resume(path), resume(path)
     (errored,) = set(second) - set(third)
 

@@ -8,7 +8,9 @@ it only through these names (an import-linter contract in ``pyproject.toml`` kee
   ``preflight`` (every trial a study may run can start, checked before Ray), ``verify_checkpoint``;
 * trained models: ``load_classifier``/``Classifier`` and the export format (``write_adapter``,
   ``finish_export`` …), so every loader answers exactly like the trial's own evaluation;
-* data files: ``read_table``, ``load_splits``, ``DataError``.
+* data files: ``read_table``, ``load_splits``, ``load_test`` (the held-back test file), ``DataError``;
+* one score and one estimate for a study's end: ``score_test`` (a model on its test file, once),
+  ``memory_estimate`` (what a trial of a config needs, checked before a refit starts).
 
 Inside: ``config`` (typed, validated once), ``data`` (files → tokenized splits → batches),
 ``model`` (base model + PEFT LoRA), ``pooling`` (mean pooling), ``dropout`` (fast CPU dropout),
@@ -33,6 +35,7 @@ __all__ = [
     "verify_checkpoint",
     "load_classifier",
     "Classifier",
+    "score_test",
     "read_meta",
     "model_dir",
     "META_FILE",
@@ -46,7 +49,9 @@ __all__ = [
     "POOLER",
     "read_table",
     "load_splits",
+    "load_test",
     "DataError",
+    "memory_estimate",
 ]
 
 #: public name → (module, attribute), imported on first use
@@ -57,6 +62,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "preflight": ("checks", "preflight"),
     "load_classifier": ("inference", "load_classifier"),
     "Classifier": ("inference", "Classifier"),
+    "score_test": ("inference", "score_test"),
     "read_meta": ("inference", "read_meta"),
     "model_dir": ("inference", "model_dir"),
     "META_FILE": ("inference", "META_FILE"),
@@ -70,6 +76,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "POOLER": ("export", "POOLER"),
     "read_table": ("data", "read_table"),
     "load_splits": ("data", "load_splits"),
+    "load_test": ("data", "load_test"),
+    "memory_estimate": ("checks", "memory_estimate"),
     "DataError": ("data", "DataError"),
 }
 

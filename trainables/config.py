@@ -141,6 +141,14 @@ class DataSection(_Section):
     ``dev_accuracy``/``dev_f1``/``dev_eval_loss``. Why: SST-2's 872 dev sentences put a ±1.2-point
     standard error on every accuracy, so a search that selects on dev overfits its noise; 4,000
     held-out sentences give ±0.55 points, and dev stays an untouched report."""
+    test_path: str | None = None
+    """A labelled file held back for one final score (any file the loader reads: tsv, csv,
+    parquet, jsonl; the same ``text_column`` and ``label_column``). A study scores it once, at the
+    end, on the model it ships, and never uses it to choose anything: not a trial, not a
+    checkpoint, not whether a refit replaces the search's pick. Why: every split that helped choose
+    a model (validation, and dev when there is no validation split) flatters the chosen one (the
+    best of many noisy scores is biased upward), so only a split that chose nothing says how the
+    shipped model does on new data. Its labels must all be training labels. ``None``: no test set."""
     seed: int = 0
     """Seed of the data subset and of the dev split: fixed across trials on purpose."""
     label_names: list[str] | None = None

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_DATA",
     "ALL_SIZES",
+    "parse_size",
     "size_count",
     "default_data_path",
     "resolve_data_path",
@@ -79,6 +80,22 @@ def resolve_data_path(path: str) -> str:
 
 #: Spellings of ``data.size`` that mean the whole train split.
 ALL_SIZES = ("all", "none", "full")
+
+
+def parse_size(v: Any, key: str) -> Any:
+    """A training-data size as a config gives it (``8000``, ``0.1``, ``all``) → a count, a
+    fraction or ``None`` (everything); ``ValueError`` naming ``key`` otherwise."""
+    if isinstance(v, str) and v.strip().lower() in ALL_SIZES:
+        return None
+    if isinstance(v, bool):
+        raise ValueError(f"{key} must be a count, a fraction or 'all'")
+    if isinstance(v, float) and v.is_integer() and v > 1:
+        v = int(v)
+    if isinstance(v, int) and v <= 0:
+        raise ValueError(f"{key} must be > 0 (a count), a fraction in (0, 1], or 'all'")
+    if isinstance(v, float) and not (0.0 < v <= 1.0):
+        raise ValueError(f"{key} as a fraction must be in (0, 1]")
+    return v
 
 
 def size_count(size: int | float | None, n_train: int) -> int:
@@ -161,17 +178,7 @@ class DataSection(_Section):
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().lower() in ALL_SIZES:
-            return None
-        if isinstance(v, bool):
-            raise ValueError("data.size must be a count, a fraction or 'all'")
-        if isinstance(v, float) and v.is_integer() and v > 1:
-            v = int(v)
-        if isinstance(v, int) and v <= 0:
-            raise ValueError("data.size must be > 0 (a count), a fraction in (0, 1], or 'all'")
-        if isinstance(v, float) and not (0.0 < v <= 1.0):
-            raise ValueError("data.size as a fraction must be in (0, 1]")
-        return v
+        return parse_size(v, "data.size")
 
     def count(self, n_train: int) -> int:
         """How many training examples ``size`` asks for from a train split of ``n_train``."""

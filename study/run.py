@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite under the storage dir)")
     p.add_argument("--time-budget-s", type=float, help="stop the study after this many seconds (study.time_budget_s)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted study --name from its storage")
+    p.add_argument("--refit", action="store_const", const=True, default=None,
+                   help="after the search, train the pick again on all the data and ship it if it is better on validation "
+                        "(refit.enabled); with --resume, adds a refit to a finished study")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set data.path=reviews.csv --set search.lora.r.choice=[4,8]")
     return p
 
@@ -71,6 +74,7 @@ _FLAG_KEYS = {
     "storage": "storage.path",
     "tracking_uri": "mlflow.tracking_uri",
     "time_budget_s": "study.time_budget_s",
+    "refit": "refit.enabled",
 }
 
 
@@ -93,6 +97,8 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
     data, model = cfg.data, cfg.model
     if os.path.exists(os.path.expanduser(data.path)):
         data = data.model_copy(update={"path": str(Path(data.path).expanduser().resolve())})
+    if data.test_path and os.path.exists(os.path.expanduser(data.test_path)):
+        data = data.model_copy(update={"test_path": str(Path(data.test_path).expanduser().resolve())})
     if os.path.isdir(os.path.expanduser(model.name)):
         model = model.model_copy(update={"name": str(Path(model.name).expanduser().resolve())})
     return cfg.model_copy(update={"data": data, "model": model})
@@ -124,6 +130,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
                 f"`python -m study.run --name {name} --resume`, or pick another --name"
             )
         n_train = _preflight(cfg)
+        if cfg.refit.enabled:
+            _check_refit_fits(cfg, _widest_trial(cfg), args.address)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
         _check_tracking(tracking)
     except BaseException:
@@ -146,13 +154,67 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
         if args.config or args.set:
             log.warning("--resume continues the study with its stored config; --config/--set are ignored")
         cfg = StudyConfig.from_record(record, paths.study_json)
-        _check_resume_flags(flags, cfg)
+        _check_resume_flags({k: v for k, v in flags.items() if k != "refit.enabled"}, cfg)
+        if args.refit:
+            cfg = _add_refit(paths, record, cfg, args.address)
         record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
         _check_tracking(record["tracking_uri"])
     except BaseException:
         lock.close()
         raise
     return Prepared(cfg, paths, True, record.get("n_train", 0), record, lock)
+
+
+def _widest_trial(cfg: StudyConfig) -> Any:
+    """The study's base trial config with the largest batch size and text length its search can
+    take: what a refit needs most memory for, before the search has picked anything."""
+    flat = cfg.trial.to_flat()
+    for key in ("train.batch_size", "data.max_length"):
+        if key in cfg.search:
+            flat[key] = max(v for v in cfg.search[key].values_to_check())
+    from trainables.config import TrialConfig
+
+    return TrialConfig.from_dict(flat)
+
+
+def _check_refit_fits(cfg: StudyConfig, trial: Any, address: str | None) -> None:
+    from .refit.runner import check_refit_fits
+
+    check_refit_fits(cfg, trial, local=not address)
+
+
+def _add_refit(paths: StudyPaths, record: dict[str, Any], cfg: StudyConfig, address: str | None) -> StudyConfig:
+    """``--resume --refit``: the study's config with ``refit.enabled`` (recorded in ``study.json``,
+    so a crash during the refit resumes it), after checking there is a finished trial to refit and
+    that its refit fits in memory."""
+    from trainables.config import TrialConfig
+
+    pick = _finished_pick(paths, record, cfg)
+    cfg = cfg.model_copy(update={"refit": cfg.refit.model_copy(update={"enabled": True})})
+    _check_refit_fits(cfg, TrialConfig.from_dict(pick["config"]), address)
+    record["config"] = cfg.model_dump(mode="json")
+    return cfg
+
+
+def _finished_pick(paths: StudyPaths, record: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
+    """The trial a refit would train again: ``summary.json``'s best, else the best finished trial
+    on disk; a one-line ``ConfigError`` when the study has none."""
+    from .tracking.summary import summarize
+
+    try:
+        best = json.loads(paths.summary_json.read_text()).get("best") if paths.summary_json.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        best = None
+    if not best:
+        try:
+            summary = summarize(paths, record)
+            best = summary["best"] if summary["trials"]["completed"] + summary["trials"]["pruned"] else None
+        except ConfigError:  # no Ray experiment state yet
+            best = None
+    if not best or not best.get("config"):
+        raise ConfigError(f"--refit: study {paths.name!r} has no finished trial to refit; finish its search first with "
+                          f"`python -m study.run --name {paths.name} --resume`")
+    return best
 
 
 def _resume_storage(paths: StudyPaths, record: dict[str, Any], given: str | None) -> StudyPaths:
@@ -288,6 +350,7 @@ def _shutdown_ray(started: bool, log_path: Path) -> None:
 
 def execute(prep: Prepared, address: str | None) -> int:
     from .console.labels import legend
+    from .console.progress import ProgressView
     from .storage.atomic_fs import DiskFullError
     from .tracking.queue import undelivered_operations
     from .tracking.runs import finish_parent_run, start_parent_run, study_params
@@ -321,6 +384,7 @@ def execute(prep: Prepared, address: str | None) -> int:
     print(f"  results {paths.experiment}\n  log     {log_path}\n  MLflow  {prep.tracking_uri} (experiment {experiment})\n", flush=True)
     started_ray = _init_ray(address)
     t0 = time.time()
+    ProgressView.clock_zero = time.monotonic()  # the refit's lines go on with the search's clock
     prep.record.setdefault("fit_started_unix", t0)  # the study's time zero (benchmarks read it)
     tuner, _ = _tuner(prep, parent)
     interrupted = False
@@ -332,23 +396,36 @@ def execute(prep: Prepared, address: str | None) -> int:
         prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
         _shutdown_ray(started_ray, log_path)
         return _stop_on_full_disk(prep, parent, e)
-    _shutdown_ray(started_ray, log_path)
-    wall = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
-    prep.record["wall_s"] = wall
+    prep.record["wall_s"] = time.time() - t0 + float(prep.record.get("wall_s", 0.0))
     try:
         write_json(paths.study_json, prep.record)
     except OSError as e:
+        _shutdown_ray(started_ray, log_path)
         return _stop_on_full_disk(prep, parent, e)
     summary = summarize(paths, prep.record, results)
     if interrupted or summary["trials"]["unfinished"] > 0:
-        finish_parent_run(prep.tracking_uri, parent, status="KILLED", summary={"interrupted": True})
-        print(f"\nstudy {paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
-        return EXIT_INTERRUPTED
+        _shutdown_ray(started_ray, log_path)
+        return _interrupted(prep, parent)
+    previous = _read_summary(paths)
     if summary.get("best"):
         with stderr_to_log(log_path):  # MLflow prints "Successfully registered model …" straight to stderr
-            summary["registered_model"] = _register_best(prep, parent, summary)
+            summary["registered_model"] = _register_best(prep, parent, summary, previous)
+    if cfg.refit.enabled and summary.get("best"):
+        t1 = time.time()
+        try:
+            stopped = _refit(prep, parent, summary, previous, log_path)
+        except DiskFullError as e:
+            stopped = e
+        prep.record["wall_s"] += time.time() - t1
+        if stopped is not None:
+            _shutdown_ray(started_ray, log_path)
+            return _stop_on_full_disk(prep, parent, stopped) if isinstance(stopped, OSError) else _interrupted(prep, parent)
+    _shutdown_ray(started_ray, log_path)
+    summary["wall_s"] = round(float(prep.record["wall_s"]), 1)
+    _ship(prep, summary, previous)
     undelivered = undelivered_operations(parent)
     try:
+        write_json(paths.study_json, prep.record)
         write_json(paths.summary_json, summary)
     except OSError as e:
         return _stop_on_full_disk(prep, parent, e)
@@ -357,8 +434,10 @@ def execute(prep: Prepared, address: str | None) -> int:
                                timeout_s=5.0 if undelivered else 60.0)
     print_summary(summary)
     _print_next_steps(prep, parent)
+    refit = summary.get("refit") or {}
     missing = ([f"{undelivered} operations (trial runs, metrics) not delivered"] if undelivered else []) \
         + (["the best adapter not registered"] if summary.get("best") and not summary.get("registered_model") else []) \
+        + (["the refit not registered"] if (refit.get("verdict") or {}).get("replaces") and not refit.get("registered_model") else []) \
         + ([f"parent run {parent} not closed"] if not closed else [])
     if missing:
         print(f"error: MLflow at {prep.tracking_uri}: {'; '.join(missing)}. The results are complete in "
@@ -367,15 +446,80 @@ def execute(prep: Prepared, address: str | None) -> int:
     return EXIT_OK
 
 
-def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+def _interrupted(prep: Prepared, parent: str) -> int:
+    from .tracking.runs import finish_parent_run
+
+    finish_parent_run(prep.tracking_uri, parent, status="KILLED", summary={"interrupted": True})
+    print(f"\nstudy {prep.paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
+    return EXIT_INTERRUPTED
+
+
+def _read_summary(paths: StudyPaths) -> dict[str, Any]:
+    """The ``summary.json`` a study had before this driver (``{}``: none): what a resumed study
+    already registered and scored, so that it does neither twice."""
+    try:
+        return json.loads(paths.summary_json.read_text()) if paths.summary_json.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _refit(prep: Prepared, parent: str, summary: dict[str, Any], previous: dict[str, Any], log_path: Path) -> OSError | bool | None:
+    """The refit of the pick (``study.refit``), its verdict and, when it wins, its registration.
+    ``summary.json`` is written before it starts (the pick's registration is then on disk, and a
+    crash during the refit cannot register the pick twice) and after its registration. Returns
+    ``None`` when the refit finished (or failed), else why the study stops: an ``OSError`` (disk
+    full) or ``True`` (interrupted; ``--resume`` continues the refit)."""
+    from .refit.runner import run_refit
+    from .refit.ship import decide, register_refit
+
+    paths, cfg = prep.paths, prep.cfg
+    try:
+        write_json(paths.summary_json, {**summary, "refit": {"of": summary["best"]["trial_id"], "state": "running"}})
+    except OSError as e:
+        return e
+    try:
+        summary["refit"] = run_refit(cfg, paths, prep.tracking_uri, parent, summary["best"], prep.n_train)
+    except KeyboardInterrupt:
+        return True
+    if summary["refit"]["state"] == "unfinished":
+        return True
+    decide(summary, cfg)
+    if summary["refit"].get("verdict", {}).get("replaces"):
+        name = cfg.mlflow.registered_model or f"lora-study-{paths.name}"
+        with stderr_to_log(log_path):
+            summary["refit"]["registered_model"] = register_refit(prep.tracking_uri, parent, summary, name, paths, previous)
+        try:
+            write_json(paths.summary_json, summary)
+        except OSError as e:
+            return e
+    return None
+
+
+def _ship(prep: Prepared, summary: dict[str, Any], previous: dict[str, Any]) -> None:
+    """Which model the study ships (the refit when it won, else the pick), its registration, and
+    its one score on the test set, also tagged on its registered version."""
+    from .deploy.registry import tag_version
+    from .refit.ship import decide, score_test
+
+    shipped = decide(summary, prep.cfg)
+    refit = summary.get("refit") or {}
+    shipped["registered_model"] = refit.get("registered_model") if shipped["model"] == "refit" else summary.get("registered_model")
+    summary["test"] = score_test(prep.cfg, summary, previous) if shipped.get("checkpoint") else None
+    test = summary["test"]
+    if test and shipped["registered_model"]:
+        tags = {"test": test.get("note", "")} if not test.get("path") else \
+            {f"test_{k}": test[k] for k in ("accuracy", "f1", "eval_loss", "n", "path") if test.get(k) is not None}
+        try:
+            tag_version(prep.tracking_uri, shipped["registered_model"], tags)
+        except Exception as e:  # bookkeeping only: the score stands in summary.json and on the parent run
+            log.warning("could not tag the shipped model version with its test score: %s", e)
+
+
+def _register_best(prep: Prepared, parent: str, summary: dict[str, Any], before: dict[str, Any]) -> dict[str, Any] | None:
     """Log and register the best adapter — unless ``summary.json`` already names a registration
     of this same checkpoint (``--resume`` of a finished study must not add a duplicate version)."""
     from .deploy.registry import log_best_adapter
 
-    try:
-        before = json.loads(prep.paths.summary_json.read_text()) if prep.paths.summary_json.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        before = {}
     reg, best_before = before.get("registered_model"), before.get("best") or {}
     if reg and best_before.get("trial_id") == summary["best"]["trial_id"] and best_before.get("checkpoint") == summary["best"]["checkpoint"]:
         log.info("best adapter already registered as %s; not registering it again", reg.get("uri"))
@@ -422,7 +566,7 @@ def _describe_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> None
     if not summary.get("best"):
         return
     try:
-        describe_best(prep.tracking_uri, parent, summary["best"], sorted(prep.cfg.search), prep.cfg.study.metric)
+        describe_best(prep.tracking_uri, parent, summary["best"], sorted(prep.cfg.search), prep.cfg.study.metric, summary=summary)
     except Exception as e:  # bookkeeping only: the study's results stand
         log.warning("could not record the best trial on the MLflow parent run: %s", e)
 
@@ -446,10 +590,23 @@ def _print_next_steps(prep: Prepared, parent: str) -> None:
 
 
 def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    best = summary.get("best") or {}
-    return {"best_accuracy": best.get("accuracy"), "best_f1": best.get("f1"), "best_trial": best.get("trial_id"),
-            "trials_completed": summary["trials"]["completed"], "trials_pruned": summary["trials"]["pruned"],
-            "trials_failed": summary["trials"]["failed"], "wall_s": summary["wall_s"]}
+    """The parent run's closing metrics (``summary.<key>``) and tags (``lora_study.summary.<key>``):
+    the pick, the refit beside it, which one ships, and the test score (or "no test set")."""
+    best, refit, test = summary.get("best") or {}, summary.get("refit") or {}, summary.get("test") or {}
+    out = {"best_accuracy": best.get("accuracy"), "best_f1": best.get("f1"), "best_trial": best.get("trial_id"),
+           "trials_completed": summary["trials"]["completed"], "trials_pruned": summary["trials"]["pruned"],
+           "trials_failed": summary["trials"]["failed"], "wall_s": summary["wall_s"],
+           "shipped": (summary.get("shipped") or {}).get("model")}
+    if best.get("dev_accuracy") is not None:
+        out["best_dev_accuracy"] = best["dev_accuracy"]
+    if refit:
+        out.update(refit_state=refit.get("state"), refit_trial=refit.get("trial_id"), refit_accuracy=refit.get("accuracy"),
+                   refit_f1=refit.get("f1"), refit_dev_accuracy=refit.get("dev_accuracy"), refit_lr=refit.get("lr"),
+                   refit_verdict=(refit.get("verdict") or {}).get("reason"))
+    if summary.get("test") is not None:
+        out.update({"test_set": test.get("path") or test.get("note")},
+                   **{f"test_{k}": test.get(k) for k in ("accuracy", "f1", "eval_loss", "n")})
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,11 @@ class ProgressView(Callback):
         pruned_signal: the ``RecordingASHAScheduler`` (``was_pruned``); its STOP decision is
             made before callbacks see the result, so the evaluation that ends a pruned trial
             already says ``pruned``.
+        prefix: put before a starting trial's values (``refit of abe404f9: ``).
+        pruned_word: what a trial ``pruned_signal`` stopped is called (a refit's learning-rate
+            check: ``checked``).
+        show_best: end evaluation lines with the best so far (a refit's trials compare with
+            the search's pick at the end instead).
 
     Pickled into ``tuner.pkl`` with the other callbacks (the output stream is looked up when
     printing, never stored); its best-so-far is part of the callback state Tune checkpoints, so
@@ -54,21 +59,28 @@ class ProgressView(Callback):
     """
 
     def __init__(self, searched: Iterable[str], metric: str = "accuracy", mode: str = "max",
-                 pruned_signal: PrunedSignal | None = None) -> None:
+                 pruned_signal: PrunedSignal | None = None, prefix: str = "", pruned_word: str = "pruned",
+                 show_best: bool = True) -> None:
         self.searched = list(searched)
         self.metric, self.mode = metric, mode
         self.pruned_signal = pruned_signal
+        self.prefix, self.pruned_word, self.show_best = prefix, pruned_word, show_best
         self.best: tuple[float, str] | None = None
         self._t0 = time.monotonic()
         self._final: set[str] = set()  # trials whose last line already said how they ended
 
     # -- Tune callback hooks ------------------------------------------------------------
+    #: The driver's clock zero (``time.monotonic()``), when it sets one: the refit's experiments
+    #: then go on with the search's clock instead of starting again at 0:00. Not pickled with
+    #: the view, so a resumed driver's own start counts.
+    clock_zero: float | None = None
+
     def setup(self, **info: Any) -> None:
-        self._t0 = time.monotonic()
+        self._t0 = ProgressView.clock_zero if ProgressView.clock_zero is not None else time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._final.discard(trial.trial_id)
-        self._line(trial.trial_id, "started", short_values(trial.config or {}, self.searched))
+        self._line(trial.trial_id, "started", getattr(self, "prefix", "") + short_values(trial.config or {}, self.searched))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial.trial_id, "retrying", f"its process failed; restarting from its last checkpoint ({_error_hint(trial)})")
@@ -85,13 +97,14 @@ class ProgressView(Callback):
         seen, total = result.get("samples_seen"), result.get("samples_total")
         samples = f"{seen}/{total}" if _is_number(seen) and _is_number(total) else str(seen if seen is not None else "?")
         best_value, best_id = self.best
-        self._line(trial.trial_id, state, f"{samples:>11} samples  {self.metric} {self._fmt(value)}"
-                                          f"   best {self._fmt(best_value)} ({best_id})")
+        best = f"   best {self._fmt(best_value)} ({best_id})" if getattr(self, "show_best", True) else ""
+        self._line(trial.trial_id, state, f"{samples:>11} samples  {self.metric} {self._fmt(value)}{best}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self._final:  # e.g. stopped by the study's time budget
             last = getattr(trial, "last_result", None) or {}
-            state = "pruned" if self.pruned_signal is not None and self.pruned_signal.was_pruned(trial.trial_id) else "stopped"
+            pruned = self.pruned_signal is not None and self.pruned_signal.was_pruned(trial.trial_id)
+            state = getattr(self, "pruned_word", "pruned") if pruned else "stopped"
             self._line(trial.trial_id, state, f"at {last.get('samples_seen', 0)} samples")
             self._final.add(trial.trial_id)
 
@@ -109,7 +122,7 @@ class ProgressView(Callback):
     def _state(self, trial_id: str, result: dict) -> str:
         seen, total = result.get("samples_seen"), result.get("samples_total")
         if result.get("done") and self.pruned_signal is not None and self.pruned_signal.was_pruned(trial_id):
-            return "pruned"
+            return getattr(self, "pruned_word", "pruned")
         if result.get("done") or (_is_number(seen) and _is_number(total) and seen >= total):
             return "completed"
         return "running"

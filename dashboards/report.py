@@ -9,7 +9,8 @@ every figure as a PNG beside it, and
 logs both as artifacts (``report/``) of the study's MLflow parent run — skipped with a warning
 when MLflow cannot be reached, because the report must not depend on it.
 
-Sections: summary (config, trial counts, best trial, wall time and compute), learning curves
+Sections: summary (config, trial counts, best trial, wall time and compute), the refit beside
+the pick and the test score (or "no test set"), learning curves
 with ASHA rungs, best-so-far progress over wall-clock time, parameter importances, slice plots
 (each searched key against the score) and parallel coordinates, accuracy vs training-data size (next to notebook 002's bert-base table), accuracy
 vs trainable parameters with the Pareto front, and the best trial's confusion matrix and
@@ -40,7 +41,7 @@ __all__ = ["main", "build_parser", "build_report", "render_report", "ReportResul
 log = logging.getLogger("dashboards.report")
 
 #: Section ids of the page, in order (anchors: ``report.html#learning-curves``).
-SECTION_IDS = ("summary", "learning-curves", "progress", "importance", "slices", "parallel-coordinates", "data-size",
+SECTION_IDS = ("summary", "refit", "learning-curves", "progress", "importance", "slices", "parallel-coordinates", "data-size",
                "trainable-params", "best-trial")
 #: Every figure file the report can write (a figure that cannot be drawn is left out and explained).
 FIGURES = ("learning_curves.png", "progress.png", "param_importances.png", "slice_plots.png", "parallel_coordinates.png",
@@ -160,6 +161,45 @@ def _summary_section(data: StudyData, max_t: int | None, rungs: list[int]) -> H.
     return sec
 
 
+def _refit_section(data: StudyData) -> H.Section:
+    """The search's pick and its refit side by side (how the refit was trained, the learning-rate
+    check, both models on the validation and dev splits, which one ships and why) and the shipped
+    model's one test score, or "no test set"."""
+    from study.tracking.summary import test_line
+
+    sec = H.Section("refit", "Refit and test")
+    refit, best, metric = data.summary.get("refit") or {}, data.best or {}, data.metric
+    if not refit:
+        sec.add(H.note(f"No refit: refit.enabled is off for this study. `python -m study.run --name {data.name} --resume --refit` "
+                       "trains the pick again on all the data and ships it if it is better on validation."))
+    elif refit.get("state") != "completed":
+        sec.add(H.note(f"Refit of trial {refit.get('of')}: {refit.get('state')}."))
+    else:
+        split = refit.get("split", "validation")
+        plan = refit.get("plan") or {}
+        rows = [[name, e.get("trial_id"), _acc(e.get(metric)) if metric in ("accuracy", "f1") else e.get(metric), _acc(e.get("dev_accuracy")),
+                 _acc(e.get("f1")), e.get("samples_seen"), lr, data_size, epochs]
+                for name, e, lr, data_size, epochs in (
+                    ("pick", best, (best.get("params") or {}).get("train.lr", (best.get("config") or {}).get("train.lr")),
+                     (best.get("config") or {}).get("data.size", "–"), (best.get("config") or {}).get("train.epochs")),
+                    ("refit", refit, refit.get("lr"), f"{plan.get('n_train', 0):,} (all)" if refit.get("data_size") is None else refit.get("data_size"),
+                     refit.get("epochs")))]
+        shipped = (data.summary.get("shipped") or {}).get("model", "pick")
+        sec.add(H.table(["model", "trial", f"{split} {metric}", "dev accuracy", f"{split} macro-F1", "samples seen", "lr", "training sentences", "epochs"],
+                        rows, id="refit-table", row_classes=["best" if r[0] == shipped else None for r in rows]))
+        reg = refit.get("registered_model") or {}
+        sec.add(H.kv_table([("verdict", (refit.get("verdict") or {}).get("reason")), ("shipped", shipped),
+                            ("refit registered as", reg.get("uri") or "not registered")], id="refit-verdict"))
+        check = refit.get("check")
+        if check:
+            sec.add(f"<h3>Learning-rate check at {check['at']:,} samples ({split} {metric})</h3>",
+                    H.table(["trial", "lr", "× pick's lr", f"{split} {metric}", "continued"],
+                            [[c["trial_id"], c["lr"], c["factor"], c["score"], "yes" if c["factor"] == check["factor"] else ""] for c in check["candidates"]],
+                            id="lr-check"))
+    sec.add(H.note(test_line(data.summary.get("test")).replace("test: ", "Test set: ", 1)))
+    return sec
+
+
 def _fig_section(sec: H.Section, figs: dict[str, bytes], name: str, fig: Any, alt: str, caption: str) -> None:
     """The figure's PNG goes beside the page; the page shows it as inline SVG when it has per-trial
     hover titles, else embeds the PNG."""
@@ -183,7 +223,7 @@ def render_report(data: StudyData, predict: bool = True, cache_dir: Path | None 
     cfg = data.cfg
     max_t = A.asha_max_t(data) if cfg.asha.enabled else None
     rungs = asha_rungs(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t) if max_t else []
-    sections = [_summary_section(data, max_t, rungs)]
+    sections = [_summary_section(data, max_t, rungs), _refit_section(data)]
 
     sec = H.Section("learning-curves", "Learning curves")
     _fig_section(sec, figs, "learning_curves.png", P.learning_curves(data, rungs, max_t), "learning curves",

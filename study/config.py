@@ -26,11 +26,12 @@ from trainables.config import (
     format_validation_error,
     load_yaml,
     parse_overrides,
+    parse_size,
 )
 
 from .search.registry import DEFAULT_SEARCHER, SEARCHERS
 
-__all__ = ["StudyConfig", "load_study_config", "flat_params", "effective_values", "Distribution", "DIST_KINDS"]
+__all__ = ["StudyConfig", "RefitSection", "load_study_config", "flat_params", "effective_values", "Distribution", "DIST_KINDS"]
 
 #: Searcher names that ``study.json`` files written before the registry recorded.
 _RENAMED_SEARCHERS = {"lora-study": "pruned-tpe"}
@@ -166,6 +167,49 @@ class MlflowSection(_Section):
     """Registry name for the best adapter; default ``lora-study-<study name>``."""
 
 
+class RefitSection(_Section):
+    """After the search, train the winning configuration again on all the training data, as one
+    more trial, and ship it only if it beats the search's pick on the validation split
+    (``docs/refit.md``). Why: a study searches small data sizes and short schedules to stay
+    cheap, so its pick has seen little data; the model a study ships should see all of it."""
+
+    enabled: bool = False
+    """Run the refit at the end of the study (``--resume --refit`` adds one to a finished study)."""
+    epochs: float | None = Field(None, gt=0, le=1000)
+    """Passes over the refit's data; ``None``: the pick's own ``train.epochs``."""
+    data_size: int | float | None = None
+    """Training sentences of the refit: a count, a fraction of the train split, or ``None``/``all``
+    (default) for the whole train split. A validation split (``data.holdout_size``) stays out
+    of it, so the refit and the pick are compared on sentences neither trained on."""
+    lr_factors: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25])
+    """The pick's learning rate times each factor is trained for the first ``check_fraction`` of
+    the refit's own schedule (same data, epochs, warmup and decay); the best on the validation split
+    continues to the end, the others stop. Why: a learning rate that wins a short schedule need
+    not win a long one; longer horizons want smaller rates (Bjorck et al. 2024, "Scaling Optimal LR
+    Across Token Horizons", arXiv:2409.19913), by an amount no rule predicts for a given model and
+    task, so the refit measures it at its own length. ``[1]``: no check, the pick's rate as is."""
+    check_fraction: float = Field(0.1, gt=0, lt=1)
+    """Where in the refit's schedule the learning rates are compared (share of its samples).
+    Why 0.1: it is past the warmup (``train.warmup_ratio`` 0.06), and it costs the refit
+    ``(len(lr_factors) - 1) × 0.1`` more training (+20% for three factors); a shorter check favours
+    small rates more (Wu et al. 2018, "Understanding Short-Horizon Bias in Stochastic
+    Meta-Optimization"), a longer one costs more. The measurements are in ``docs/refit.md``."""
+    evaluations: int = Field(6, ge=1, le=1000)
+    """Evaluations (each a checkpoint a crash resumes from) spread evenly over the refit."""
+
+    @field_validator("data_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return parse_size(v, "refit.data_size")
+
+    @field_validator("lr_factors")
+    @classmethod
+    def _factors(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < f <= 10 for f in v) or len(set(v)) != len(v):
+            raise ValueError("give distinct factors in (0, 10], e.g. [1, 0.5, 0.25]")
+        return sorted(v, reverse=True)
+
+
 class StudyConfig(_Section):
     """A whole study; see ``study/configs/*.yaml``."""
 
@@ -187,6 +231,8 @@ class StudyConfig(_Section):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     storage: StorageSection = Field(default_factory=StorageSection)
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    refit: RefitSection = Field(default_factory=RefitSection)
+    """What happens after the search: the pick trained again on all the data (off unless set)."""
 
     @field_validator("search", mode="before")
     @classmethod
@@ -237,6 +283,8 @@ class StudyConfig(_Section):
                     TrialConfig.from_dict({**base, key: value})
                 except ConfigError as e:
                     raise ConfigError(f"invalid config: search.{key}: value {value!r} is invalid ({e})") from None
+        if "data.test_path" in self.search:
+            raise ConfigError("invalid config: search.data.test_path: the test set is never searched (it scores the shipped model once)")
         if "lora.alpha" in self.search and "lora.alpha_multiple" in self.search:
             raise ConfigError("invalid config: search: give lora.alpha or lora.alpha_multiple, not both")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import logging
 import os
 import signal
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted study --name from its storage")
     p.add_argument("--trust", action="store_true", help="with --resume: unpickle the study's Ray state although your key did not sign it "
                    "(a study copied from another machine or user, or saved before signing); see docs/trust.md")
+    p.add_argument("--refit", action="store_const", const=True, default=None,
+                   help="after the search, train the pick again on all the data and ship it if it is better on validation "
+                        "(refit.enabled); with --resume, adds a refit to a finished study")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set data.path=reviews.csv --set search.lora.r.choice=[4,8]")
     return p
 
@@ -74,6 +78,7 @@ _FLAG_KEYS = {
     "storage": "storage.path",
     "tracking_uri": "mlflow.tracking_uri",
     "time_budget_s": "study.time_budget_s",
+    "refit": "refit.enabled",
 }
 
 
@@ -100,6 +105,8 @@ def _absolutize(cfg: StudyConfig) -> StudyConfig:
     data, model = cfg.data, cfg.model
     if os.path.exists(os.path.expanduser(data.path)):
         data = data.model_copy(update={"path": str(Path(data.path).expanduser().resolve())})
+    if data.test_path and os.path.exists(os.path.expanduser(data.test_path)):
+        data = data.model_copy(update={"test_path": str(Path(data.test_path).expanduser().resolve())})
     if os.path.isdir(os.path.expanduser(model.name)):
         model = model.model_copy(update={"name": str(Path(model.name).expanduser().resolve())})
     return cfg.model_copy(update={"data": data, "model": model})
@@ -136,6 +143,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
             )
         _check_key(paths)
         n_train, dropped = _preflight(cfg)
+        if cfg.refit.enabled:
+            _check_refit_fits(cfg, _widest_trial(cfg), args.address)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
         _check_tracking(tracking, cfg.mlflow.experiment or name)
     except BaseException:
@@ -164,15 +173,69 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
         if args.config or args.set:
             log.warning("--resume continues the study with its stored config; --config/--set are ignored")
         cfg = StudyConfig.from_record(record, paths.study_json)
-        _check_resume_flags(flags, cfg)
+        _check_resume_flags({k: v for k, v in flags.items() if k != "refit.enabled"}, cfg)
         saved = _check_state(paths, record, args.trust)
         _check_key(paths)
+        if args.refit:
+            cfg = _add_refit(paths, record, cfg, args.address)
         record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
         _check_tracking(record["tracking_uri"], cfg.mlflow.experiment or paths.name)
     except BaseException:
         lock.close()
         raise
     return Prepared(cfg, paths, saved, record.get("n_train", 0), record, lock)
+
+
+def _widest_trial(cfg: StudyConfig) -> Any:
+    """The study's base trial config with the largest batch size and text length its search can
+    take: what a refit needs most memory for, before the search has picked anything."""
+    flat = cfg.trial.to_flat()
+    for key in ("train.batch_size", "data.max_length"):
+        if key in cfg.search:
+            flat[key] = max(v for v in cfg.search[key].values_to_check())
+    from trainables.config import TrialConfig
+
+    return TrialConfig.from_dict(flat)
+
+
+def _check_refit_fits(cfg: StudyConfig, trial: Any, address: str | None) -> None:
+    from .refit.runner import check_refit_fits
+
+    check_refit_fits(cfg, trial, local=not address)
+
+
+def _add_refit(paths: StudyPaths, record: dict[str, Any], cfg: StudyConfig, address: str | None) -> StudyConfig:
+    """``--resume --refit``: the study's config with ``refit.enabled`` (recorded in ``study.json``,
+    so a crash during the refit resumes it), after checking there is a finished trial to refit and
+    that its refit fits in memory."""
+    from trainables.config import TrialConfig
+
+    pick = _finished_pick(paths, record, cfg)
+    cfg = cfg.model_copy(update={"refit": cfg.refit.model_copy(update={"enabled": True})})
+    _check_refit_fits(cfg, TrialConfig.from_dict(pick["config"]), address)
+    record["config"] = cfg.model_dump(mode="json")
+    return cfg
+
+
+def _finished_pick(paths: StudyPaths, record: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
+    """The trial a refit would train again: ``summary.json``'s best, else the best finished trial
+    on disk; a one-line ``ConfigError`` when the study has none."""
+    from .tracking.summary import summarize
+
+    try:
+        best = json.loads(paths.summary_json.read_text()).get("best") if paths.summary_json.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        best = None
+    if not best:
+        try:
+            summary = summarize(paths, record)
+            best = summary["best"] if summary["trials"]["completed"] + summary["trials"]["pruned"] else None
+        except ConfigError:  # no Ray experiment state yet
+            best = None
+    if not best or not best.get("config"):
+        raise ConfigError(f"--refit: study {paths.name!r} has no finished trial to refit; finish its search first with "
+                          f"`python -m study.run --name {paths.name} --resume`")
+    return best
 
 
 def _resume_storage(paths: StudyPaths, record: dict[str, Any], given: str | None) -> StudyPaths:
@@ -223,20 +286,28 @@ def _check_state(paths: StudyPaths, record: dict[str, Any], trust: bool) -> bool
         raise ConfigError(f"study {name!r} has trials in {exp} but no {exp / 'tuner.pkl'}: Ray cannot resume it; put back an "
                           f"intact copy, or start the study again under a new --name (its results so far stay readable: "
                           f"`python -m dashboards.report --study {name}`)")
-    bad = unreadable_state(str(exp))
-    if bad:
-        raise ConfigError(f"{exp / bad[0]} is unreadable ({bad[1]}): Ray cannot resume study {name!r} from it; put back an intact "
-                          f"copy, or start the study again under a new --name (its results so far stay readable: "
-                          f"`python -m dashboards.report --study {name}`)")
-    untrusted = [] if trust else untrusted_state(str(exp))
-    if untrusted:
-        file, why = min(untrusted, key=lambda u: u[0] != "tuner.pkl")  # the file Ray unpickles first
-        what = ("has changed since your lora-study wrote it (edited, truncated or replaced)" if why == "changed"
-                else "was not written by your lora-study on this machine (no signature with your key)")
-        more = f" (and {len(untrusted) - 1} more state files)" if len(untrusted) > 1 else ""
-        raise ConfigError(f"study {name!r}: {exp / file} {what}{more}; --resume would unpickle it, which runs code. "
-                          f"If you made this study or trust who did, resume it with --trust (see docs/trust.md)")
+    for where in _state_dirs(exp):  # the search's experiment, then the refit's stages (their own Tuners)
+        bad = unreadable_state(str(where))
+        if bad:
+            raise ConfigError(f"{where / bad[0]} is unreadable ({bad[1]}): Ray cannot resume study {name!r} from it; put back an "
+                              f"intact copy, or start the study again under a new --name (its results so far stay readable: "
+                              f"`python -m dashboards.report --study {name}`)")
+        untrusted = [] if trust else untrusted_state(str(where))
+        if untrusted:
+            file, why = min(untrusted, key=lambda u: u[0] != "tuner.pkl")  # the file Ray unpickles first
+            what = ("has changed since your lora-study wrote it (edited, truncated or replaced)" if why == "changed"
+                    else "was not written by your lora-study on this machine (no signature with your key)")
+            more = f" (and {len(untrusted) - 1} more state files)" if len(untrusted) > 1 else ""
+            raise ConfigError(f"study {name!r}: {where / file} {what}{more}; --resume would unpickle it, which runs code. "
+                              f"If you made this study or trust who did, resume it with --trust (see docs/trust.md)")
     return True
+
+
+def _state_dirs(experiment: Path) -> list[Path]:
+    """Where Ray keeps state a resume unpickles: the search's experiment and the refit's stages."""
+    from .refit.runner import STAGES
+
+    return [experiment, *(experiment / stage for stage in STAGES if (experiment / stage).is_dir())]
 
 
 #: Flags a resumed study cannot take: Ray restores the trial count, concurrency and resources from
@@ -297,9 +368,12 @@ def _sign_state(prep: Prepared) -> None:
 
     if is_remote(prep.paths.storage):
         return
-    start_signing(prep.paths.experiment)
+    from .refit.runner import STAGES
+
+    start_signing(prep.paths.experiment, STAGES)
     if prep.resume:
-        adopt(prep.paths.experiment)
+        for where in _state_dirs(Path(prep.paths.experiment)):
+            adopt(str(where))
 
 
 def _tuner(prep: Prepared, parent_run_id: str):
@@ -435,10 +509,12 @@ def _execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC) -> int:
     rc = _open_study(prep)
     if rc is not None:
         return rc
+    from .console.progress import ProgressView
     from .tracking.runs import system_metrics
 
     prep.started_ray = _init_ray(address)
     prep.t0 = time.time()
+    ProgressView.clock_zero = time.monotonic()  # the refit's lines go on with the search's clock
     prep.record.setdefault("fit_started_unix", prep.t0)  # the study's time zero (benchmarks read it)
     prep.progress_before = _trial_progress(prep.paths.experiment)
     tuner = restored or _tuner(prep, prep.parent)[0]
@@ -451,8 +527,11 @@ def _execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC) -> int:
         return _stop_on_full_disk(prep, prep.parent, e)
     finally:
         ctrl_c.in_fit = False
-    _stop_ray(prep)
-    return _close_study(prep, results, interrupted=ctrl_c.caught)
+    _count_wall_time(prep)
+    try:
+        return _close_study(prep, results, ctrl_c)
+    finally:
+        _stop_ray(prep)
 
 
 def _environment() -> None:
@@ -495,13 +574,18 @@ def _open_study(prep: Prepared) -> int | None:
     return None
 
 
-def _stop_ray(prep: Prepared) -> None:
-    """Stop the Ray this study started and add this session's time to the study's wall time when
-    trials ran in it: resuming a finished study runs nothing and leaves its wall time as it was."""
+def _count_wall_time(prep: Prepared) -> None:
+    """Add the search's time in this session to the study's wall time when trials ran in it:
+    resuming a finished study runs nothing and leaves its wall time as it was."""
     if prep.t0 is not None:
         if _trial_progress(prep.paths.experiment) != prep.progress_before:
             prep.record["wall_s"] = time.time() - prep.t0 + float(prep.record.get("wall_s", 0.0))
         prep.t0 = None
+
+
+def _stop_ray(prep: Prepared) -> None:
+    """Stop the Ray this study started (its search time counted first)."""
+    _count_wall_time(prep)
     _shutdown_ray(prep.started_ray, prep.log_path)
     prep.started_ray = False
 
@@ -523,28 +607,47 @@ def _stop_interrupted(prep: Prepared) -> int:
     return EXIT_INTERRUPTED
 
 
-def _close_study(prep: Prepared, results: Any, interrupted: bool) -> int:
-    """The end of ``fit``: interrupted (resume command), or the summary, the registered best
-    adapter and the closed parent run."""
+def _close_study(prep: Prepared, results: Any, ctrl_c: _CtrlC) -> int:
+    """The end of the search: interrupted (resume command), or the summary, the registered best
+    adapter, the refit (``refit.enabled``), the shipped model's test score and the closed parent
+    run. Ray still runs for the refit; :func:`_execute` stops it."""
+    from .storage.atomic_fs import DiskFullError
     from .tracking.queue import undelivered_operations
     from .tracking.runs import finish_parent_run
     from .tracking.summary import print_summary, summarize
 
-    paths, parent = prep.paths, prep.parent
+    paths, parent, cfg = prep.paths, prep.parent, prep.cfg
     try:
         write_json(paths.study_json, prep.record)
     except OSError as e:
         return _stop_on_full_disk(prep, parent, e)
     summary = summarize(paths, prep.record, results)
-    if interrupted or summary["trials"]["unfinished"] > 0:
-        finish_parent_run(prep.tracking_uri, parent, status="KILLED", summary={"interrupted": True})
-        print(f"\nstudy {paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
-        return EXIT_INTERRUPTED
+    if ctrl_c.caught or summary["trials"]["unfinished"] > 0:
+        return _interrupted(prep, parent)
+    previous = _read_summary(paths)
     if summary.get("best"):
         with stderr_to_log(prep.log_path):  # MLflow prints "Successfully registered model …" straight to stderr
             summary["registered_model"] = _register_best(prep, parent, summary)
+    if cfg.refit.enabled and summary.get("best"):
+        t1 = time.time()
+        ctrl_c.in_fit = True  # a Ctrl-C asks the refit's Tune for its graceful stop, as in the search
+        try:
+            stopped = _refit(prep, parent, summary, previous)
+        except DiskFullError as e:
+            stopped = e
+        finally:
+            ctrl_c.in_fit = False
+        prep.record["wall_s"] = float(prep.record.get("wall_s", 0.0)) + time.time() - t1
+        if stopped is None and ctrl_c.caught:
+            stopped = True
+        if stopped is not None:
+            return _stop_on_full_disk(prep, parent, stopped) if isinstance(stopped, OSError) else _interrupted(prep, parent)
+    _stop_ray(prep)
+    summary["wall_s"] = round(float(prep.record.get("wall_s", 0.0)), 1)
+    _ship(prep, summary, previous)
     undelivered = undelivered_operations(parent)
     try:
+        write_json(paths.study_json, prep.record)
         write_json(paths.summary_json, summary)
     except OSError as e:
         return _stop_on_full_disk(prep, parent, e)
@@ -553,8 +656,10 @@ def _close_study(prep: Prepared, results: Any, interrupted: bool) -> int:
                                timeout_s=5.0 if undelivered else 60.0)
     print_summary(summary)
     _print_next_steps(prep, parent, summary.get("registered_model"))
+    refit = summary.get("refit") or {}
     missing = ([f"{undelivered} operations (trial runs, metrics) not delivered"] if undelivered else []) \
         + (["the best adapter not registered"] if summary.get("best") and not summary.get("registered_model") else []) \
+        + (["the refit not registered"] if (refit.get("verdict") or {}).get("replaces") and not refit.get("registered_model") else []) \
         + ([f"parent run {parent} not closed"] if not closed else [])
     if missing:
         print(f"error: MLflow at {prep.tracking_uri}: {'; '.join(missing)}. The results are complete in "
@@ -573,6 +678,79 @@ def _restore_or_say(prep: Prepared) -> Any:
               f"start the study again under a new --name (its results so far stay readable: "
               f"`python -m dashboards.report --study {name}`)", file=sys.stderr, flush=True)
         return None
+
+
+def _interrupted(prep: Prepared, parent: str) -> int:
+    """Stopped after the search started (Ctrl-C, unfinished trials, a refit cut short): the study
+    as it is on storage, its parent run KILLED, the resume command."""
+    from .tracking.runs import finish_parent_run
+
+    with contextlib.suppress(OSError):  # the previous study.json stays (atomic write)
+        write_json(prep.paths.study_json, prep.record)
+    finish_parent_run(prep.tracking_uri, parent, status="KILLED", summary={"interrupted": True})
+    print(f"\nstudy {prep.paths.name} interrupted; resume with:\n  {_resume_command(prep)}", flush=True)
+    return EXIT_INTERRUPTED
+
+
+def _read_summary(paths: StudyPaths) -> dict[str, Any]:
+    """The ``summary.json`` a study had before this driver (``{}``: none): what a resumed study
+    already registered and scored, so that it does neither twice."""
+    try:
+        return json.loads(paths.summary_json.read_text()) if paths.summary_json.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _refit(prep: Prepared, parent: str, summary: dict[str, Any], previous: dict[str, Any]) -> OSError | bool | None:
+    """The refit of the pick (``study.refit``), its verdict and, when it wins, its registration.
+    ``summary.json`` is written before it starts (the pick's registration is then on disk, and a
+    crash during the refit cannot register the pick twice) and after its registration. Returns
+    ``None`` when the refit finished (or failed), else why the study stops: an ``OSError`` (disk
+    full) or ``True`` (interrupted; ``--resume`` continues the refit)."""
+    from .refit.runner import run_refit
+    from .refit.ship import decide, register_refit
+
+    paths, cfg = prep.paths, prep.cfg
+    try:
+        write_json(paths.summary_json, {**summary, "refit": {"of": summary["best"]["trial_id"], "state": "running"}})
+    except OSError as e:
+        return e
+    try:
+        summary["refit"] = run_refit(cfg, paths, prep.tracking_uri, parent, summary["best"], prep.n_train)
+    except KeyboardInterrupt:
+        return True
+    if summary["refit"]["state"] == "unfinished":
+        return True
+    decide(summary, cfg)
+    if summary["refit"].get("verdict", {}).get("replaces"):
+        name = cfg.mlflow.registered_model or f"lora-study-{paths.name}"
+        with stderr_to_log(prep.log_path):
+            summary["refit"]["registered_model"] = register_refit(prep.tracking_uri, parent, summary, name, paths, previous)
+        try:
+            write_json(paths.summary_json, summary)
+        except OSError as e:
+            return e
+    return None
+
+
+def _ship(prep: Prepared, summary: dict[str, Any], previous: dict[str, Any]) -> None:
+    """Which model the study ships (the refit when it won, else the pick), its registration, and
+    its one score on the test set, also tagged on its registered version."""
+    from .deploy.registry import tag_version
+    from .refit.ship import decide, score_test
+
+    shipped = decide(summary, prep.cfg)
+    refit = summary.get("refit") or {}
+    shipped["registered_model"] = refit.get("registered_model") if shipped["model"] == "refit" else summary.get("registered_model")
+    summary["test"] = score_test(prep.cfg, summary, previous) if shipped.get("checkpoint") else None
+    test = summary["test"]
+    if test and shipped["registered_model"]:
+        tags = {"test": test.get("note", "")} if not test.get("path") else \
+            {f"test_{k}": test[k] for k in ("accuracy", "f1", "eval_loss", "n", "path") if test.get(k) is not None}
+        try:
+            tag_version(prep.tracking_uri, shipped["registered_model"], tags)
+        except Exception as e:  # bookkeeping only: the score stands in summary.json and on the parent run
+            log.warning("could not tag the shipped model version with its test score: %s", e)
 
 
 def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -624,7 +802,7 @@ def _describe_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> None
         return
     try:
         describe_best(prep.tracking_uri, parent, summary["best"], sorted(prep.cfg.search), prep.cfg.study.metric,
-                      prep.cfg.shared_n_train(prep.n_train))
+                      prep.cfg.shared_n_train(prep.n_train), summary=summary)
     except Exception as e:  # bookkeeping only: the study's results stand
         log.warning("could not record the best trial on the MLflow parent run: %s", e)
 
@@ -681,10 +859,23 @@ def _parent_params(prep: Prepared) -> dict[str, str]:
 
 
 def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    best = summary.get("best") or {}
-    return {"best_accuracy": best.get("accuracy"), "best_f1": best.get("f1"), "best_trial": best.get("trial_id"),
-            "trials_completed": summary["trials"]["completed"], "trials_pruned": summary["trials"]["pruned"],
-            "trials_failed": summary["trials"]["failed"], "wall_s": summary["wall_s"]}
+    """The parent run's closing metrics (``summary.<key>``) and tags (``lora_study.summary.<key>``):
+    the pick, the refit beside it, which one ships, and the test score (or "no test set")."""
+    best, refit, test = summary.get("best") or {}, summary.get("refit") or {}, summary.get("test") or {}
+    out = {"best_accuracy": best.get("accuracy"), "best_f1": best.get("f1"), "best_trial": best.get("trial_id"),
+           "trials_completed": summary["trials"]["completed"], "trials_pruned": summary["trials"]["pruned"],
+           "trials_failed": summary["trials"]["failed"], "wall_s": summary["wall_s"],
+           "shipped": (summary.get("shipped") or {}).get("model")}
+    if best.get("dev_accuracy") is not None:
+        out["best_dev_accuracy"] = best["dev_accuracy"]
+    if refit:
+        out.update(refit_state=refit.get("state"), refit_trial=refit.get("trial_id"), refit_accuracy=refit.get("accuracy"),
+                   refit_f1=refit.get("f1"), refit_dev_accuracy=refit.get("dev_accuracy"), refit_lr=refit.get("lr"),
+                   refit_verdict=(refit.get("verdict") or {}).get("reason"))
+    if summary.get("test") is not None:
+        out.update({"test_set": test.get("path") or test.get("note")},
+                   **{f"test_{k}": test.get(k) for k in ("accuracy", "f1", "eval_loss", "n")})
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,10 @@ it only through these names (an import-linter contract in ``pyproject.toml`` kee
   ``preflight`` (every trial a study may run can start, checked before Ray), ``verify_checkpoint``;
 * trained models: ``load_classifier``/``Classifier`` and the export format (``write_adapter``,
   ``finish_export`` …), so every loader answers exactly like the trial's own evaluation;
-* data files: ``read_table``, ``load_splits``, ``find_split``, ``LABELLED_FORMATS``, ``DataError``,
-  ``split_frames`` (the rows a trial trains and is evaluated on).
+* data files: ``read_table``, ``load_splits``, ``load_test`` (the held-back test file), ``find_split``,
+  ``LABELLED_FORMATS``, ``DataError``, ``split_frames`` (the rows a trial trains and is evaluated on);
+* one score and one estimate for a study's end: ``score_test`` (a model on its test file, once),
+  ``memory_estimate`` (what a trial of a config needs, checked before a refit starts).
 
 Inside: ``config`` (typed, validated once), ``data`` (files → tokenized splits → batches),
 ``model`` (base model + PEFT LoRA), ``pooling`` (mean pooling), ``dropout`` (fast CPU dropout),
@@ -34,6 +36,7 @@ __all__ = [
     "verify_checkpoint",
     "load_classifier",
     "Classifier",
+    "score_test",
     "read_meta",
     "model_dir",
     "META_FILE",
@@ -51,6 +54,8 @@ __all__ = [
     "DataError",
     "find_split",
     "LABELLED_FORMATS",
+    "load_test",
+    "memory_estimate",
 ]
 
 #: public name → (module, attribute), imported on first use
@@ -61,6 +66,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "preflight": ("checks", "preflight"),
     "load_classifier": ("inference", "load_classifier"),
     "Classifier": ("inference", "Classifier"),
+    "score_test": ("inference", "score_test"),
     "read_meta": ("inference", "read_meta"),
     "model_dir": ("inference", "model_dir"),
     "META_FILE": ("inference", "META_FILE"),
@@ -75,6 +81,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "read_table": ("data", "read_table"),
     "load_splits": ("data", "load_splits"),
     "split_frames": ("data", "split_frames"),
+    "load_test": ("data", "load_test"),
+    "memory_estimate": ("checks", "memory_estimate"),
     "DataError": ("data", "DataError"),
     "find_split": ("data", "find_split"),
     "LABELLED_FORMATS": ("data", "LABELLED_FORMATS"),

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_DATA",
     "ALL_SIZES",
+    "parse_size",
     "size_count",
     "default_data_path",
     "resolve_data_path",
@@ -82,6 +83,22 @@ def resolve_data_path(path: str) -> str:
 
 #: Spellings of ``data.size`` that mean the whole train split.
 ALL_SIZES = ("all", "none", "full")
+
+
+def parse_size(v: Any, key: str) -> Any:
+    """A training-data size as a config gives it (``8000``, ``0.1``, ``all``) → a count, a
+    fraction or ``None`` (everything); ``ValueError`` naming ``key`` otherwise."""
+    if isinstance(v, str) and v.strip().lower() in ALL_SIZES:
+        return None
+    if isinstance(v, bool):
+        raise ValueError(f"{key} must be a count, a fraction or 'all'")
+    if isinstance(v, float) and v.is_integer() and v > 1:
+        v = int(v)
+    if isinstance(v, int) and v <= 0:
+        raise ValueError(f"{key} must be > 0 (a count), a fraction in (0, 1], or 'all'")
+    if isinstance(v, float) and not (0.0 < v <= 1.0):
+        raise ValueError(f"{key} as a fraction must be in (0, 1]")
+    return v
 
 
 def size_count(size: int | float | None, n_train: int) -> int:
@@ -158,6 +175,14 @@ class DataSection(_Section):
     ``dev_accuracy``/``dev_f1``/``dev_eval_loss``. Why: SST-2's 872 dev sentences put a ±1.2-point
     standard error on every accuracy, so a search that selects on dev overfits its noise; 4,000
     held-out sentences give ±0.55 points, and dev stays an untouched report."""
+    test_path: str | None = None
+    """A labelled file held back for one final score (any file the loader reads: tsv, csv,
+    parquet, jsonl; the same ``text_column`` and ``label_column``). A study scores it once, at the
+    end, on the model it ships, and never uses it to choose anything: not a trial, not a
+    checkpoint, not whether a refit replaces the search's pick. Why: every split that helped choose
+    a model (validation, and dev when there is no validation split) flatters the chosen one (the
+    best of many noisy scores is biased upward), so only a split that chose nothing says how the
+    shipped model does on new data. Its labels must all be training labels. ``None``: no test set."""
     seed: int = 0
     """Seed of the data subset and of the dev split: fixed across trials on purpose."""
     label_names: list[str] | None = None
@@ -174,17 +199,7 @@ class DataSection(_Section):
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().lower() in ALL_SIZES:
-            return None
-        if isinstance(v, bool):
-            raise ValueError("data.size must be a count, a fraction or 'all'")
-        if isinstance(v, float) and v.is_integer() and v > 1:
-            v = int(v)
-        if isinstance(v, int) and v <= 0:
-            raise ValueError("data.size must be > 0 (a count), a fraction in (0, 1], or 'all'")
-        if isinstance(v, float) and not (0.0 < v <= 1.0):
-            raise ValueError("data.size as a fraction must be in (0, 1]")
-        return v
+        return parse_size(v, "data.size")
 
     def count(self, n_train: int) -> int:
         """How many training examples ``size`` asks for from a train split of ``n_train``."""

@@ -45,6 +45,7 @@ __all__ = [
     "TABLE_FORMATS",
     "LABELLED_FORMATS",
     "split_frames",
+    "load_test",
 ]
 
 #: Table formats by suffix → whether the format holds columns (texts and labels). The one list
@@ -69,6 +70,7 @@ class RawSplits:
     val_texts: list[str] | None = None  # data.holdout_size examples carved out of train
     val_labels: np.ndarray | None = None
     dropped_empty: int = 0  # rows without a text that data.drop_empty dropped, over all files read
+    label_keys: list[str] | None = None  # id -> the label as the files spell it (before data.label_names)
 
 
 @dataclass
@@ -318,8 +320,31 @@ def load_splits(cfg: DataSection) -> RawSplits:
         keep = subset_indices(dev_labels, cfg.dev_size, cfg.seed)
         dev_texts = [dev_texts[i] for i in keep]
         dev_labels = dev_labels[keep]
-    raw = RawSplits(train_texts, train_ids, dev_texts, dev_labels, names, source, dropped_empty=dropped)
+    raw = RawSplits(train_texts, train_ids, dev_texts, dev_labels, names, source, dropped_empty=dropped, label_keys=list(index))
     return _hold_out(raw, cfg) if cfg.holdout_size else raw
+
+
+def load_test(cfg: DataSection, raw: RawSplits | None = None) -> tuple[list[str], np.ndarray, str]:
+    """Texts and label ids of the ``data.test_path`` file, ids as the train split numbers them
+    (``raw``: the train/dev splits already loaded, else they are read). Refused, one line: no such
+    file, missing columns, texts or labels (the checks every split gets), and labels the train
+    split does not have (a model cannot predict a class it never saw, and a renamed class would be
+    scored as always wrong)."""
+    if not cfg.test_path:
+        raise DataError("data.test_path is not set")
+    path = Path(os.path.expanduser(cfg.test_path))
+    where = f"data.test_path={cfg.test_path}"
+    if not path.is_file():
+        raise DataError(f"{where}: no such file")
+    texts, labels = _columns(read_table(path), cfg, where)
+    keys = (raw or load_splits(cfg)).label_keys or []
+    index = {k: i for i, k in enumerate(keys)}
+    found = [_label_key(v) for v in labels]
+    unknown = sorted(set(found) - set(index))
+    if unknown:
+        raise DataError(f"{where}: labels {unknown[:5]} are not training labels (the train split has {keys}); "
+                        f"the test file needs the same labels, in the same spelling")
+    return texts, np.asarray([index[k] for k in found], dtype=np.int64), str(path.resolve())
 
 
 def _hold_out(raw: RawSplits, cfg: DataSection) -> RawSplits:

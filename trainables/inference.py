@@ -24,7 +24,7 @@ from typing import Any
 
 from trainables.config import ConfigError
 
-__all__ = ["Classifier", "load_classifier", "model_dir", "read_meta", "META_FILE"]
+__all__ = ["Classifier", "load_classifier", "model_dir", "read_meta", "score_test", "META_FILE"]
 
 META_FILE = "lora_study.json"
 
@@ -180,3 +180,20 @@ def _load_merged(d: Path) -> Any:
     mean = json.loads((d / "config.json").read_text()).get("model_type") == MeanPoolingBertConfig.model_type
     # our own class for a mean-pooling merged model: no remote code is executed to load it here
     return (MeanPoolingBertForSequenceClassification if mean else AutoModelForSequenceClassification).from_pretrained(d)
+
+
+def score_test(directory: str | Path) -> dict[str, Any]:
+    """The model in ``directory`` (a checkpoint or an export) scored on its own ``data.test_path``:
+    ``accuracy``, ``f1`` (macro), ``eval_loss``, ``n`` and ``path``. The texts go through the
+    loader the trial's evaluation uses (same tokenizer, truncation and batches) and the labels are
+    numbered as the train split numbers them, so the numbers are the trial's own metrics on
+    another file. A model without a test path is a one-line ``ConfigError``."""
+    from trainables.config import DataSection
+    from trainables.data import load_test
+    from trainables.loop import scores
+
+    meta = read_meta(model_dir(directory))
+    data = DataSection.model_validate((meta.get("config") or {}).get("data") or {})
+    texts, labels, path = load_test(data)
+    result = scores(load_classifier(directory).logits(texts), labels)
+    return {**result, "n": len(labels), "path": path}

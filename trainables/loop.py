@@ -63,6 +63,7 @@ __all__ = [
     "train_steps",
     "evaluate",
     "evaluate_splits",
+    "scores",
     "predict_logits",
     "pad_multiple",
     "compiled_for_training",
@@ -283,18 +284,23 @@ def predict_logits(model, split: TokenizedSplit, pad_id: int, batch_size: int, d
     return out
 
 
-def evaluate(model, split: TokenizedSplit, pad_id: int, batch_size: int, device, pad_multiple: int = 1) -> dict[str, float]:
-    """Dev accuracy, macro-F1 and mean cross-entropy."""
+def scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1 and mean cross-entropy of ``logits`` against label ids: what a trial
+    reports, and what a study's test score is."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    logits = predict_logits(model, split, pad_id, batch_size, device, pad_multiple)
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(split.labels))
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
     preds = logits.argmax(-1)
     return {
-        "accuracy": float(accuracy_score(split.labels, preds)),
-        "f1": float(f1_score(split.labels, preds, average="macro")),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "f1": float(f1_score(labels, preds, average="macro")),
         "eval_loss": float(loss),
     }
+
+
+def evaluate(model, split: TokenizedSplit, pad_id: int, batch_size: int, device, pad_multiple: int = 1) -> dict[str, float]:
+    """Dev accuracy, macro-F1 and mean cross-entropy."""
+    return scores(predict_logits(model, split, pad_id, batch_size, device, pad_multiple), split.labels)
 
 
 def evaluate_splits(model, data: TrialData, batch_size: int, device, pad_multiple: int = 1) -> dict[str, float]:
@@ -421,13 +427,21 @@ def run_trial(cfg: TrialConfig, report: Reporter | None = None, resume: Resume |
     return history
 
 
-def train(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable (dotted or nested config keys, see ``TrialConfig``)."""
+def train(config: dict[str, Any], start_from: str | None = None) -> None:
+    """Ray Tune function trainable (dotted or nested config keys, see ``TrialConfig``).
+
+    ``start_from`` (``tune.with_parameters(train, start_from=PATH)``): a checkpoint, reported by
+    another trial of the same config, to continue from when Tune has none for this trial. Why: a
+    study's refit trains a few learning rates for a short prefix of the same schedule and then
+    continues the best one, which is that candidate's checkpoint taken up by a new trial; once
+    the new trial has checkpoints of its own (a restore after a crash), they win."""
     from ray import tune
 
     cfg = TrialConfig.from_dict(config)
     resume = None
     checkpoint = tune.get_checkpoint()
+    if checkpoint is None and start_from:
+        checkpoint = tune.Checkpoint(start_from)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_checkpoint(d)

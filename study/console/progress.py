@@ -127,6 +127,11 @@ class ProgressView(Callback):
         seeds: the seed recipes by name (``study.search.space.seed_names``): their trials say so.
         tty_every_s, plain_every_s: the status line's rhythm on a terminal and in a log.
         clock: seconds, monotonic (tests pass a fake one).
+        prefix: put before a starting trial's values (``refit of abe404f9: ``).
+        pruned_word: what a trial ``pruned_signal`` stopped is called (a refit's learning-rate
+            check: ``checked``).
+        show_best: end evaluation lines with the best so far (a refit's trials compare with
+            the search's pick at the end instead).
 
     Pickled into ``tuner.pkl`` with the other callbacks (the output stream and the terminal's
     status bar are looked up when printing, never stored); its best-so-far is part of the callback
@@ -136,12 +141,14 @@ class ProgressView(Callback):
     def __init__(self, searched: Iterable[str], metric: str = "accuracy", mode: str = "max",
                  pruned_signal: PrunedSignal | None = None, *, num_samples: int | None = None,
                  time_budget_s: float | None = None, seeds: SeedPoints | None = None,
-                 tty_every_s: float = 1.0, plain_every_s: float = 120.0, clock: Any = time.monotonic) -> None:
+                 tty_every_s: float = 1.0, plain_every_s: float = 120.0, clock: Any = time.monotonic,
+                 prefix: str = "", pruned_word: str = "pruned", show_best: bool = True) -> None:
         self.searched = list(searched)
         self.metric, self.mode = metric, mode
         self.pruned_signal = pruned_signal
         self.num_samples, self.time_budget_s, self.seeds = num_samples, time_budget_s, seeds
         self.tty_every_s, self.plain_every_s, self.clock = tty_every_s, plain_every_s, clock
+        self.prefix, self.pruned_word, self.show_best = prefix, pruned_word, show_best
         self.best: tuple[float, str] | None = None
         self._final: set[str] = set()  # trials whose last line already said how they ended
         self._reset()
@@ -161,8 +168,15 @@ class ProgressView(Callback):
         return getattr(self, "clock", time.monotonic)()
 
     # -- Tune callback hooks ------------------------------------------------------------
+    #: The driver's clock zero (``time.monotonic()``), when it sets one: the refit's experiments
+    #: then go on with the search's clock instead of starting again at 0:00. Not pickled with
+    #: the view, so a resumed driver's own start counts.
+    clock_zero: float | None = None
+
     def setup(self, **info: Any) -> None:
         self._reset()
+        if ProgressView.clock_zero is not None and getattr(self, "clock", time.monotonic) is time.monotonic:
+            self._t0 = ProgressView.clock_zero
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.show_status(trials)
@@ -176,7 +190,8 @@ class ProgressView(Callback):
         self._final.discard(trial.trial_id)
         seeds = getattr(self, "seeds", None)
         seed = seeds.of(trial.config or {}) if seeds is not None else None
-        self._line(trial.trial_id, "started", (f"{seed} recipe: " if seed else "") + short_values(trial.config or {}, self.searched))
+        self._line(trial.trial_id, "started", getattr(self, "prefix", "") + (f"{seed} recipe: " if seed else "")
+                   + short_values(trial.config or {}, self.searched))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial.trial_id, "retrying", f"its process failed; restarting from its last checkpoint ({_error_hint(trial)})")
@@ -193,13 +208,14 @@ class ProgressView(Callback):
         seen, total = result.get("samples_seen"), result.get("samples_total")
         samples = f"{seen}/{total}" if _is_number(seen) and _is_number(total) else str(seen if seen is not None else "?")
         best_value, best_id = self.best
-        self._line(trial.trial_id, state, f"{samples:>11} samples  {self.metric} {self._fmt(value)}"
-                                          f"   best {self._fmt(best_value)} ({best_id})")
+        best = f"   best {self._fmt(best_value)} ({best_id})" if getattr(self, "show_best", True) else ""
+        self._line(trial.trial_id, state, f"{samples:>11} samples  {self.metric} {self._fmt(value)}{best}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self._final:  # e.g. stopped by the study's time budget
             last = getattr(trial, "last_result", None) or {}
-            state = "pruned" if self.pruned_signal is not None and self.pruned_signal.was_pruned(trial.trial_id) else "stopped"
+            pruned = self.pruned_signal is not None and self.pruned_signal.was_pruned(trial.trial_id)
+            state = getattr(self, "pruned_word", "pruned") if pruned else "stopped"
             self._line(trial.trial_id, state, f"at {last.get('samples_seen', 0)} samples")
             self._final.add(trial.trial_id)
 
@@ -217,7 +233,7 @@ class ProgressView(Callback):
     def _state(self, trial_id: str, result: dict) -> str:
         seen, total = result.get("samples_seen"), result.get("samples_total")
         if result.get("done") and self.pruned_signal is not None and self.pruned_signal.was_pruned(trial_id):
-            return "pruned"
+            return getattr(self, "pruned_word", "pruned")
         if result.get("done") or (_is_number(seen) and _is_number(total) and seen >= total):
             return "completed"
         return "running"

@@ -43,6 +43,17 @@ def _experiment_dir(paths: Any) -> tuple[str, str | None]:
     return recorded, None
 
 
+def _shipped(summary: dict[str, Any], trial: str | None) -> dict[str, Any] | None:
+    """The entry of ``summary.json`` to export: the refit when it was shipped (or is ``trial``),
+    else the best trial when no ``trial`` is asked for."""
+    from ..tracking.summary import refit_values
+
+    refit, best = summary.get("refit") or {}, summary.get("best")
+    if refit.get("trial_id") and (trial == refit["trial_id"] or (trial is None and (summary.get("shipped") or {}).get("model") == "refit")):
+        return {**refit, "params": refit_values(summary), "refit_of": refit.get("of")}
+    return best if trial is None else None
+
+
 def _relocate(ckpt: str, experiment: str, moved_from: str | None) -> str:
     if moved_from and ckpt.startswith(moved_from.rstrip("/") + "/"):
         return experiment.rstrip("/") + ckpt[len(moved_from.rstrip("/")):]
@@ -50,19 +61,21 @@ def _relocate(ckpt: str, experiment: str, moved_from: str | None) -> str:
 
 
 def find_checkpoint(study: str, storage: str | None = None, trial: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(checkpoint path, summary info) of the study's best trial (the one ``summary.json``
-    names, when the study finished), or of ``trial``."""
+    """(checkpoint path, summary info) of the model the study ships (``summary.json``'s
+    ``shipped``: its refit when the refit beat the search's pick, else the best trial), or of
+    ``trial`` (a trial of the search, or the refit's own trial id)."""
     from ..config import StudyConfig
     from ..tracking.summary import trial_rows
     paths, record = read_study(study, storage)
     experiment, moved_from = _experiment_dir(paths)
-    if paths.summary_json.is_file() and trial is None:
+    if paths.summary_json.is_file():
         try:
-            best = json.loads(paths.summary_json.read_text()).get("best")  # the study's own choice
+            done = json.loads(paths.summary_json.read_text())  # the study's own choice
         except json.JSONDecodeError as e:
             raise ConfigError(f"{paths.summary_json}: corrupt ({e})") from None
-        if best and best.get("checkpoint"):
-            return _relocate(best["checkpoint"], experiment, moved_from), {**best, "study": study}
+        found = _shipped(done, trial)
+        if found and found.get("checkpoint"):
+            return _relocate(found["checkpoint"], experiment, moved_from), {**found, "study": study}
     cfg = StudyConfig.from_record(record, paths.study_json)
     if not is_remote(experiment) and not any(Path(experiment).glob("experiment_state-*.json")):
         raise ConfigError(f"study {study!r} has no finished trial (no Ray results at {experiment} yet)")

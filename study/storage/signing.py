@@ -100,10 +100,12 @@ def _new_mac(key: bytes, name: str) -> Any:
     return hmac.new(key, name.encode() + b"\0", hashlib.sha256)
 
 
-def start_signing(experiment: str) -> None:
-    """From now on this process signs the state files it writes into ``experiment`` (the driver
-    only: Ray's workers never write them)."""
-    _active.update(root=os.path.normpath(experiment), key=load_key(create=True), written=set())
+def start_signing(experiment: str, subdirs: tuple[str, ...] = ()) -> None:
+    """From now on this process signs the state files it writes into ``experiment`` and into its
+    ``subdirs`` (experiments of their own inside it, e.g. a refit's stages; the driver only: Ray's
+    workers never write them)."""
+    root = os.path.normpath(experiment)
+    _active.update(root=root, roots={root, *(os.path.join(root, d) for d in subdirs)}, key=load_key(create=True), written=set())
 
 
 def stop_signing() -> None:
@@ -112,9 +114,9 @@ def stop_signing() -> None:
 
 def mac_for(path: str) -> Any:
     """A fresh HMAC to feed the bytes of ``path`` into, if this process signs that file; else ``None``."""
-    root = _active.get("root")
+    roots = _active.get("roots") or ()
     head, name = os.path.split(os.path.normpath(path))
-    if root is None or head != root or not is_state_file(name):
+    if head not in roots or not is_state_file(name):
         return None
     return _new_mac(_active["key"], name)
 

@@ -30,7 +30,7 @@ from ..console.labels import short_values, trial_label
 from .server import client as _client
 
 __all__ = [
-    "flatten_params", "study_params", "start_parent_run", "finish_parent_run", "describe_best", "trial_run_id",
+    "flatten_params", "study_params", "start_parent_run", "finish_parent_run", "describe_best", "refit_note", "trial_run_id",
     "log_params_and_tags", "log_new_params", "system_metrics", "quote", "STUDY_TAG", "ROLE_TAG", "STATE_TAG",
     "TRIAL_ID_TAG", "PARENT_TAG", "GIT_TAG", "TRIAL_DIR_TAG", "CHECKPOINT_TAG",
 ]
@@ -259,11 +259,12 @@ def trial_run_id(tracking_uri: str, parent_run_id: str, trial_id: str) -> str | 
 
 
 def describe_best(tracking_uri: str, parent_run_id: str, best: dict[str, Any], searched: Iterable[str],
-                  metric: str = "accuracy", n_train: int | None = None) -> str | None:
+                  metric: str = "accuracy", n_train: int | None = None, summary: dict[str, Any] | None = None) -> str | None:
     """Put the best trial on the study's parent run: its searched values and the values it trained
     with (``lora.alpha``, ``data.size``, the steps …: from its ``config`` and the ``n_train`` split)
     as params ``best.<key>``, tags ``lora_study.best_trial`` / ``lora_study.best_run_id``, and a
-    description (``mlflow.note.content``, shown on the run page) naming it with a link to its run.
+    description (``mlflow.note.content``, shown on the run page) naming it with a link to its run;
+    with the study's ``summary``, also the refit beside it and the test score (:func:`refit_note`).
     Returns the best trial's run id (``None`` if it has no run)."""
     client = _client(tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -279,6 +280,38 @@ def describe_best(tracking_uri: str, parent_run_id: str, best: dict[str, Any], s
             "mlflow.note.content": note + "."}
     if run_id:
         tags["lora_study.best_run_id"] = run_id
+    if summary is not None:
+        extra, more = refit_note(tracking_uri, parent_run_id, experiment_id, summary, metric)
+        tags["mlflow.note.content"] += extra
+        tags.update(more)
     trained = {**values, **effective_values(best.get("config") or {}, n_train)}
     log_new_params(client, parent_run_id, flatten_params({f"best.{k}": v for k, v in trained.items()}), tags)
     return run_id
+
+
+def refit_note(tracking_uri: str, parent_run_id: str, experiment_id: str, summary: dict[str, Any], metric: str) -> tuple[str, dict[str, str]]:
+    """The parent run's description lines after the best trial: the refit (a link to its run, its
+    score beside the pick's, the verdict) and the test score, or "no test set"; and the tags
+    ``lora_study.shipped`` (``pick`` or ``refit``), ``lora_study.refit_trial`` /
+    ``lora_study.refit_run_id``, ``lora_study.test``."""
+    refit, test, shipped = summary.get("refit") or {}, summary.get("test"), summary.get("shipped") or {}
+    lines, tags = [], {"lora_study.shipped": str(shipped.get("model", "pick"))}
+    if refit.get("trial_id"):
+        run_id = trial_run_id(tracking_uri, parent_run_id, refit["trial_id"])
+        name = f"refit of {refit.get('of')}"
+        where = f"[{name}](#/experiments/{experiment_id}/runs/{run_id})" if run_id else name
+        score = refit.get(metric)
+        lines.append(f"**Refit**: {where}" + (f" — {metric} {score:.4f}" if isinstance(score, Number) else "")
+                     + f"; {(refit.get('verdict') or {}).get('reason', refit.get('state', ''))}.")
+        tags["lora_study.refit_trial"] = refit["trial_id"]
+        if run_id:
+            tags["lora_study.refit_run_id"] = run_id
+    if test is not None:
+        if test.get("accuracy") is not None:
+            text = (f"accuracy {test['accuracy']:.4f}, f1 {test['f1']:.4f} on {test['n']} examples of {test['path']}, "
+                    f"the shipped model ({test.get('model')} {test.get('trial_id')}), scored once")
+        else:
+            text = test.get("note") or f"not scored ({test.get('error', '')})"
+        lines.append(f"**Test**: {text}.")
+        tags["lora_study.test"] = text
+    return "".join(f"\n\n{line}" for line in lines), tags

@@ -95,6 +95,11 @@ class MLflowTracker(Callback):
         retry_interval_s: wait this long after a failed MLflow call before
             trying to drain the buffer again.
         final_flush_timeout_s: how long ``on_experiment_end`` keeps retrying.
+        role: the runs' ``lora_study.role`` tag (``trial``; a refit's trials say ``refit``).
+        name_prefix: put before every run name (``refit of abe404f9 · ``).
+        tags: more tags for every run it creates (a refit: which trial it refits).
+        pruned_state: the state tag, and the word in the run name, of a trial ``pruned_signal``
+            says was stopped (``pruned``; a refit's learning-rate check says ``checked``).
 
     The callback is pickled into ``tuner.pkl`` together with the scheduler, so
     after ``Tuner.restore`` ``pruned_signal`` is still the scheduler the Tuner
@@ -120,6 +125,10 @@ class MLflowTracker(Callback):
         log_datasets: bool = False,
         retry_interval_s: float = 10.0,
         final_flush_timeout_s: float = 60.0,
+        role: str = "trial",
+        name_prefix: str = "",
+        tags: dict[str, str] | None = None,
+        pruned_state: str = "pruned",
     ) -> None:
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
@@ -130,6 +139,7 @@ class MLflowTracker(Callback):
         self.experiment_path = experiment_path
         self.searcher = searcher
         self.log_datasets = log_datasets
+        self.role, self.name_prefix, self.tags, self.pruned_state = role, name_prefix, dict(tags or {}), pruned_state
         self.final_flush_timeout_s = final_flush_timeout_s
         self._queue = OperationQueue(retry_interval_s)
         self._client_obj: MlflowClient | None = None
@@ -192,10 +202,11 @@ class MLflowTracker(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         pruned = self.pruned_signal is not None and self.pruned_signal.was_pruned(trial.trial_id)
         if pruned:
+            word = getattr(self, "pruned_state", "pruned")
             seen = (getattr(trial, "last_result", None) or {}).get(self.step_attr)
             # the state first: MLflow's runs table cuts long names, and the state is what a reader scans for
-            state = f"pruned at {seen} samples · " if isinstance(seen, Number) else "pruned · "
-            self._submit("end", trial.trial_id, ("FINISHED", "pruned", (state + self._run_name(trial))[:250]))
+            state = f"{word} at {seen} samples · " if isinstance(seen, Number) else f"{word} · "
+            self._submit("end", trial.trial_id, ("FINISHED", word, (state + self._run_name(trial))[:250]))
         else:
             self._submit("end", trial.trial_id, ("FINISHED", "completed", None))
 
@@ -255,8 +266,10 @@ class MLflowTracker(Callback):
             link_trial(self.searcher, trial_id, {RAY_TRIAL_ID_ATTR: trial_id, MLFLOW_RUN_ID_ATTR: run_id})
 
     def _run_name(self, trial: Any) -> str:
-        """``<trial id> <searched values>`` (a tracker pickled before ``searched`` existed: the id)."""
-        return trial_label(trial.trial_id, trial.config or {}, getattr(self, "searched", ()))[:250]
+        """``<trial id> <searched values>`` after the name prefix (a tracker pickled before
+        ``searched`` existed: the id)."""
+        label = trial_label(trial.trial_id, trial.config or {}, getattr(self, "searched", ()))
+        return (getattr(self, "name_prefix", "") + label)[:250]
 
     def _metrics(self, result: dict, at: float | None = None) -> list[tuple[str, float, int, int]]:
         """The project's numeric entries of a Tune result as (key, value, timestamp_ms, step),
@@ -314,8 +327,8 @@ class MLflowTracker(Callback):
             return None
         else:
             parent_tags = self._client.get_run(self.parent_run_id).data.tags
-            tags = {PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: trial_id, ROLE_TAG: "trial",
-                    STUDY_TAG: parent_tags.get(STUDY_TAG, ""), STATE_TAG: "running"}
+            tags = {**getattr(self, "tags", {}), PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: trial_id,
+                    ROLE_TAG: getattr(self, "role", "trial"), STUDY_TAG: parent_tags.get(STUDY_TAG, ""), STATE_TAG: "running"}
             if parent_tags.get(GIT_TAG):
                 tags[GIT_TAG] = parent_tags[GIT_TAG]
             run = self._client.create_run(self._experiment(), run_name=run_name, tags=tags)

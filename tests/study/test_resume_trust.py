@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import run_study, tiny_study_args
 from tests.study.drivers import SLOW, crash_driver, has_checkpoint, kill_session, n_results, start_study, wait_for
+from trainables import ConfigError
 
 
 class Payload:
@@ -148,3 +149,20 @@ def test_resume_with_a_new_tracking_uri_writes_the_trials_there(tmp_path, tiny_b
     assert set(after) == trials and len(trials) == 2, (after, trials)
     assert {status for status, _ in after.values()} == {"FINISHED"}, after
     assert all(steps for _, steps in after.values()), after
+
+
+def test_a_planted_refit_stage_is_refused_too(tiny_study, tmp_path):
+    """The refit's stages are Tuners of their own inside the study: their pickles are checked
+    like the search's before ``--resume`` restores them."""
+    from study.refit.runner import REFIT
+    from study.run import _check_state
+    from study.storage.studies import read_study
+
+    name, d = copy_study(tiny_study, tmp_path / "st")
+    marker = tmp_path / "PWNED"
+    (d / REFIT).mkdir()
+    (d / REFIT / "tuner.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    paths, record = read_study(name, str(tmp_path / "st"))
+    with pytest.raises(ConfigError, match=rf"{REFIT}/tuner.pkl was not written by your lora-study"):
+        _check_state(paths, record, trust=False)
+    assert not marker.exists()

@@ -137,3 +137,17 @@ def test_adopting_signs_what_is_there_now(experiment, tmp_path, monkeypatch):
     signing.adopt(str(experiment))
     assert signing.untrusted_state(str(experiment)) == []
     assert stat.S_IMODE((experiment / signing.SIGNATURES).stat().st_mode) == 0o600
+
+
+def test_state_of_a_listed_subdirectory_is_signed_and_no_other(config, tmp_path):
+    """A refit's stages are experiments inside the study's: signed when the driver lists them;
+    state files elsewhere below the experiment (a trial's directory) are not."""
+    exp = tmp_path / "studies" / "s"
+    (exp / "stage").mkdir(parents=True)
+    (exp / "trial_a").mkdir()
+    signing.start_signing(str(exp), ("stage",))
+    fs = pyarrow.fs.PyFileSystem(AtomicLocalFS())
+    for d in (exp, exp / "stage", exp / "trial_a"):
+        _write(fs, d / "tuner.pkl", pickle.dumps({"a": 1}))
+    assert signing.untrusted_state(str(exp)) == [] and signing.untrusted_state(str(exp / "stage")) == []
+    assert signing.untrusted_state(str(exp / "trial_a")) == [("tuner.pkl", "unsigned")]

@@ -235,8 +235,8 @@ def _columns(df: Any, cfg: DataSection, where: str) -> tuple[list[str], list[Any
     cut = sum(len(t) > limit for t in texts)
     if cut:
         texts = [t[:limit] for t in texts]
-        logging.getLogger(__name__).warning("%s: %d texts longer than %d characters cut to that length before "
-                                            "tokenizing (data.max_length=%d tokens)", where, cut, limit, cfg.max_length)
+        _warn_once(f"{where}: {cut} texts longer than {limit} characters cut to that length before tokenizing "
+                   f"(data.max_length={cfg.max_length} tokens)")
     return texts, labels, dropped
 
 
@@ -336,7 +336,7 @@ def load_test(cfg: DataSection, raw: RawSplits | None = None) -> tuple[list[str]
     where = f"data.test_path={cfg.test_path}"
     if not path.is_file():
         raise DataError(f"{where}: no such file")
-    texts, labels = _columns(read_table(path), cfg, where)
+    texts, labels, _ = _columns(read_table(path), cfg, where)
     keys = (raw or load_splits(cfg)).label_keys or []
     index = {k: i for i, k in enumerate(keys)}
     found = [_label_key(v) for v in labels]
@@ -345,6 +345,17 @@ def load_test(cfg: DataSection, raw: RawSplits | None = None) -> tuple[list[str]
         raise DataError(f"{where}: labels {unknown[:5]} are not training labels (the train split has {keys}); "
                         f"the test file needs the same labels, in the same spelling")
     return texts, np.asarray([index[k] for k in found], dtype=np.int64), str(path.resolve())
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning about a data file, once per process: the driver reads the same files for its
+    checks, its MLflow datasets and its refit, and the user needs to hear it once."""
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger(__name__).warning("%s", message)
 
 
 def _hold_out(raw: RawSplits, cfg: DataSection) -> RawSplits:

@@ -83,6 +83,8 @@ class _Refit:
     parent: str
     plan: RefitPlan
     resources: dict[str, float]
+    n_split: int
+    """The train split's size (resolves ``data.size`` to the count a refit trains on)."""
 
     def stage_dir(self, stage: str) -> str:
         return f"{self.paths.experiment.rstrip('/')}/{stage}"
@@ -100,7 +102,8 @@ def _callbacks(r: _Refit, stage: str) -> list[Any]:
     return [
         DiskFullWatch(r.paths.storage),
         MLflowTracker(r.tracking_uri, r.parent, pruned_signal=signal, searched=list(LABEL_KEYS), role="refit",
-                      name_prefix=f"{word} {pick} · ", pruned_state="checked", tags={REFIT_OF_TAG: pick, "lora_study.refit_stage": stage}),
+                      name_prefix=f"{word} {pick} · ", pruned_state="checked", tags={REFIT_OF_TAG: pick, "lora_study.refit_stage": stage},
+                      n_train=r.n_split, experiment_path=r.stage_dir(stage), log_datasets=True),
         ProgressView(list(LABEL_KEYS), r.cfg.study.metric, r.cfg.study.mode, pruned_signal=signal, prefix=f"{word} {pick}: ",
                      pruned_word="checked", show_best=False),
         RepairCheckpointRecords(),
@@ -181,7 +184,7 @@ def run_refit(cfg: StudyConfig, paths: StudyPaths, tracking_uri: str, parent: st
     interrupted: resumable), the plan, the check, and the refit trial's scores and checkpoint."""
     resources = refit_resources(cfg)
     plan = make_plan(pick, cfg.refit, n_split, max(1, int(resources["cpu"])))
-    r = _Refit(cfg, paths, tracking_uri, parent, plan, resources)
+    r = _Refit(cfg, paths, tracking_uri, parent, plan, resources, n_split)
     entry: dict[str, Any] = {"of": plan.pick_id, "state": "unfinished", "plan": plan.to_json(), "resources": resources,
                              "epochs": plan.config["train.epochs"], "data_size": plan.config["data.size"]}
     factor, start_from = plan.factors[0], None

@@ -130,7 +130,7 @@ def record(path: str, mac: Any) -> None:
     line = f"{name} {mac.hexdigest()}\n"
     sig = os.path.join(head, SIGNATURES)
     with _lock:
-        if line in _active.setdefault("written", set()):
+        if (sig, line) in _active.setdefault("written", set()):
             return
         fd = os.open(sig, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -139,7 +139,7 @@ def record(path: str, mac: Any) -> None:
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        _active["written"].add(line)
+        _active["written"].add((sig, line))
         if size > _COMPACT_AT:
             _compact(Path(sig))
 
@@ -151,7 +151,7 @@ def _compact(sig: Path) -> None:
         last[name] = [*[x for x in last.get(name, []) if x != line], line][-2:]
     kept = [f"{x}\n" for lines in last.values() for x in lines]
     _replace(sig, "".join(kept))
-    _active["written"] = set(kept)
+    _active["written"] = {w for w in _active.get("written", set()) if w[0] != str(sig)} | {(str(sig), x) for x in kept}
 
 
 def _replace(sig: Path, text: str) -> None:

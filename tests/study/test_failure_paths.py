@@ -199,7 +199,7 @@ def test_enough_data_passes_the_preflight(tmp_path):
 
     data = _write(tmp_path / "data", 20, 20)
     cfg = TrialConfig.from_dict({"model.name": "embedded-minilm", "data.path": str(data)})
-    assert preflight(cfg) == 20
+    assert preflight(cfg).n_train == 20
 
 
 @pytest.mark.slow

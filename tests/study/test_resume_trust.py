@@ -156,13 +156,15 @@ def test_a_planted_refit_stage_is_refused_too(tiny_study, tmp_path):
     like the search's before ``--resume`` restores them."""
     from study.refit.runner import REFIT
     from study.run import _check_state
-    from study.storage.studies import read_study
+    from study.storage.studies import study_paths
 
     name, d = copy_study(tiny_study, tmp_path / "st")
     marker = tmp_path / "PWNED"
     (d / REFIT).mkdir()
     (d / REFIT / "tuner.pkl").write_bytes(pickle.dumps(Payload(marker)))
-    paths, record = read_study(name, str(tmp_path / "st"))
+    paths, record = study_paths(name, str(tmp_path / "st")), json.loads((d / "study.json").read_text())
+    assert paths.experiment == str(d)
+    _check_state(paths, record, trust=True)  # what --trust vouches for
     with pytest.raises(ConfigError, match=rf"{REFIT}/tuner.pkl was not written by your lora-study"):
         _check_state(paths, record, trust=False)
     assert not marker.exists()

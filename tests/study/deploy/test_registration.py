@@ -68,9 +68,10 @@ PROGRESS = [
 def test_wall_time_counts_only_runs_where_trials_ran(before, after, counts, monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    prep = SimpleNamespace(record={"wall_s": 100.0}, paths=SimpleNamespace(experiment=str(tmp_path)))
+    prep = SimpleNamespace(record={"wall_s": 100.0}, paths=SimpleNamespace(experiment=str(tmp_path)),
+                           t0=run.time.time() - 5.0, progress_before=before)
     monkeypatch.setattr(run, "_trial_progress", lambda experiment: after)
-    run._add_wall_time(prep, run.time.time() - 5.0, before)
+    run._count_wall_time(prep)
     assert (prep.record["wall_s"] >= 105.0) == counts and (prep.record["wall_s"] == 100.0) == (not counts)
 
 

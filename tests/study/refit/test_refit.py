@@ -243,7 +243,8 @@ def test_the_refit_is_a_trial_with_its_own_mlflow_run(refitted):
     assert [m.step for m in history][-1] == 600 and all(m.step > refit["check"]["at"] for m in history)
     for c in refit["check"]["candidates"]:
         r = refits[c["trial_id"]]
-        assert r.info.run_name.startswith(f"lr check of {pick} · {c['trial_id']} lr=") and r.data.tags[STATE_TAG] == "checked"
+        assert r.info.run_name.startswith("checked at ") and f" · lr check of {pick} · {c['trial_id']} lr=" in r.info.run_name  # the state first
+        assert r.data.tags[STATE_TAG] == "checked" and {d.dataset.name.rsplit("-", 1)[-1] for d in r.inputs.dataset_inputs} >= {"train"}
         assert [m.step for m in client.get_metric_history(r.info.run_id, "accuracy")] == [c["samples_seen"]]
     assert f"refit of {pick}: lr=" in refitted.runs[1].out and "checked" in refitted.runs[1].out
 
@@ -337,7 +338,8 @@ def test_registration_follows_the_verdict(refitted, tmp_path, monkeypatch, delta
     moved.pop("verdict"), moved.pop("registered_model", None)
     monkeypatch.setattr(study.refit.runner, "run_refit", lambda *a, **k: dict(moved))
     summary = {k: v for k, v in s.items() if k not in ("refit", "shipped", "test")}
-    assert run._refit(prep, s["parent_run_id"], summary, {}, tmp_path / "log") is None
+    prep.log_path = tmp_path / "log"
+    assert run._refit(prep, s["parent_run_id"], summary, {}) is None
     run._ship(prep, summary, {})
     assert summary["refit"]["verdict"]["replaces"] is registered and summary["shipped"]["model"] == ("refit" if registered else "pick")
     client = MlflowClient(s["tracking_uri"])

@@ -59,10 +59,11 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks`, `study`, `t
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import BenchmarkError, run_metadata, sst2_dir, write_json  # noqa: E402
+from study.search.registry import DEFAULT_SEARCHER, SEARCHERS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_TABLE = RESULTS / "curves-sst2-space.parquet"
-MAIN = ("pruned-tpe", "optuna", "random", "random-fifo")
+MAIN = (DEFAULT_SEARCHER, "optuna", "random", "random-fifo")
 #: Random configurations a table needs before replay: fewer leave the snapping weights unfit.
 MIN_CONFIGS = 5
 
@@ -86,19 +87,23 @@ def _variant(**updates: Any) -> Callable[[Any], Any]:
 
 def _strategies() -> dict[str, tuple[str, Callable[[Any], Any]]]:
     """name → (description, how the study config differs from the benchmark space's defaults):
-    one per registered searcher (baselines without the seed recipes), then variants."""
-    from study.search.registry import DEFAULT_SEARCHER, SEARCHERS
-
+    one per registered searcher as the space runs it, the baselines as users run them (with ASHA,
+    without the seed recipes), then ablations of the default."""
     baselines = {"optuna", "random"}
-    out = {name: (entry.summary + ("" if name not in baselines else "; no seed recipes"),
-                  _variant(study={"searcher": name, **({"seed_points": False} if name in baselines else {})}))
+    asha = {"enabled": True}  # the baselines' early stopping, at the space's rungs
+    out = {name: (entry.summary + ("" if name not in baselines else " + ASHA; no seed recipes"),
+                  _variant(study={"searcher": name, **({"seed_points": False} if name in baselines else {})},
+                           **({"asha": asha} if name in baselines else {})))
            for name, entry in SEARCHERS.items()}
     out["random-fifo"] = ("random search, every trial trained to its end",
                           _variant(study={"searcher": "random", "seed_points": False}, asha={"enabled": False}))
-    out[f"{DEFAULT_SEARCHER}-no-seeds"] = ("the default without the seed recipes first",
-                                           _variant(study={"searcher": DEFAULT_SEARCHER, "seed_points": False}))
-    out[f"{DEFAULT_SEARCHER}-stock-feedback"] = ("the default, but ASHA-stopped trials told COMPLETE at low fidelity (stock Ray)",
-                                                 _variant(study={"searcher": DEFAULT_SEARCHER}, optuna={"pruned_feedback": False}))
+    d = DEFAULT_SEARCHER
+    out[f"{d}-no-seeds"] = ("the default without the seed recipes first", _variant(study={"searcher": d, "seed_points": False}))
+    out[f"{d}-asha"] = ("the default with ASHA (first rung 2,000 samples, factor 2)", _variant(study={"searcher": d}, asha=asha))
+    out[f"{d}-asha-500"] = ("the default with ASHA's first rung at 500 samples",
+                            _variant(study={"searcher": d}, asha={**asha, "grace_period": 500}))
+    out[f"{d}-stock-feedback"] = ("the default with ASHA, its stopped trials told COMPLETE at low fidelity (stock Ray)",
+                                  _variant(study={"searcher": d}, asha=asha, optuna={"pruned_feedback": False}))
     return out
 
 

@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 __all__ = ["SEARCHERS", "DEFAULT_SEARCHER", "SearcherEntry", "SearchPlan", "register_searcher", "build_search",
            "searched_space", "comparison_rungs"]
 
-#: What ``study.searcher`` is when a config does not say.
-DEFAULT_SEARCHER = "pruned-tpe"
+#: What ``study.searcher`` is when a config does not say: chosen by the search benchmark on the
+#: full 200-configuration table (``benchmarks/README.md``, "Search efficiency"): the soonest to
+#: the table's 95th percentile of the model-based searchers, at 4 workers and at 1.
+DEFAULT_SEARCHER = "tpe-lora-prior"
 
 
 @dataclass(frozen=True)

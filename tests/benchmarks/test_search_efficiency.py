@@ -15,6 +15,7 @@ import pytest
 from benchmarks import search_efficiency as se
 from benchmarks.curve_table import SPACE_CONFIG, load_table, merge_shards, seed_configs, shard_path, space_config, table_configs
 from benchmarks.replay import CurveTable, ListSearcher, Strategy, coordinates, simulate
+from study.search.registry import DEFAULT_SEARCHER
 
 ROOT = Path(__file__).resolve().parents[2]
 EVALS = (512, 1024, 2016, 4000, 8000)
@@ -125,7 +126,7 @@ def test_strategies_run_through_the_study_builder(table, cfg, name):
     run = simulate(se.make_strategy(name, cfg, 1, 60000), table, budget_s=3000, workers=4)
     states = [t["state"] for t in run.trials]
     assert len(run.trials) >= 4 and run.best_at(3000) is not None
-    assert ("pruned" in states) == (name != "random-fifo")
+    assert ("pruned" in states) == se.STRATEGIES[name][1](cfg).asha.enabled
 
 
 def test_replay_is_deterministic_per_seed(table, cfg):
@@ -138,10 +139,10 @@ def test_goals_and_quantiles():
     def strat(t95, reached, dev=None):
         return {"time_to_target_s": {"p95": t95}, "reached": {"p95": reached}, "dev_accuracy_of_pick": dev}
 
-    per = {"pruned-tpe": strat(100.0, 48, 0.86), "random-fifo": strat(400.0, 50), "optuna": strat(None, 20),
+    per = {DEFAULT_SEARCHER: strat(100.0, 48, 0.86), "random-fifo": strat(400.0, 50), "optuna": strat(None, 20),
            "seed-configs": {"dev_accuracy_of_pick": 0.84}}
     g = se.goals(per, dev_p95=0.85)
-    assert g["default"] == "pruned-tpe" and g["target"] == "p95"
+    assert g["default"] == DEFAULT_SEARCHER and g["target"] == "p95"
     assert g["speedup_vs_random-fifo"] == 4.0 and g["speedup_vs_random-fifo_met"]
     assert g["speedup_vs_optuna"] == math.inf and g["dev_gain_vs_seed_recipes"] == pytest.approx(0.02)
     assert (g["reached"], g["reached_by_random"], g["reached_met"]) == (48, 50, False)
@@ -163,7 +164,7 @@ def test_cli_replay_writes_the_json_contract_and_a_plot(cfg, tmp_path):
     for name in ("pruned-tpe", "random-fifo", "seed-configs"):
         assert set(res[name]) == {"time_to_target_s", "reached", "best_accuracy", "dev_accuracy_of_pick", "anytime_area"}
         assert list(res[name]["time_to_target_s"]) == targets and list(res[name]["reached"]) == targets
-    assert res["seeds"] == 2 and res["workers"] == 4 and res["mode"] == "replay" and res["default"] == "pruned-tpe"
+    assert res["seeds"] == 2 and res["workers"] == 4 and res["mode"] == "replay" and res["default"] == DEFAULT_SEARCHER
     assert res["table"]["configs"] == 68 and list(res["targets"]) == targets
     assert res["targets"]["best-0.5"] == pytest.approx(res["details"]["table_facts"]["best_accuracy"] - 0.005)
     assert res["replay_error"]["lookup"] in ("snap", "surrogate") and res["replay_error"]["snap_loo_mae"] >= 0

@@ -29,7 +29,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.search_generator import SearchGenerator
@@ -240,16 +239,6 @@ def toy_trainable(config: dict) -> None:
         seen = i * 10
         acc = math.nan if config["x"] == config["nan_x"] else config["x"] * seen / (seen + 20)
         tune.report({"accuracy": acc, "samples_seen": seen, "samples_total": config["n_reports"] * 10})
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 POINTS = [{"x": 0.9, "n_reports": 3, "train.lr": 3e-4},  # the best: ends at its own end

@@ -12,28 +12,11 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
-from study.tracking.runs import PARENT_TAG, TRIAL_ID_TAG, describe_best, start_parent_run, study_params
+from study.tracking.runs import PARENT_TAG, TRIAL_ID_TAG, describe_best, study_params
 from study.tracking.summary import print_summary
 from study.tracking.tracker import MLflowTracker
+from tests.study.tracking.conftest import trial_run
 from trainables.config import TrialConfig
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def parent(mlflow_uri, request) -> str:
-    return start_parent_run(mlflow_uri, f"exp-{request.node.name}", f"study-{request.node.name}", {"x": 1})
-
-
-def trial_run(uri: str, parent_id: str, trial_id: str):
-    client = MlflowClient(uri)
-    exp = client.get_run(parent_id).info.experiment_id
-    (run,) = client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'")
-    return run
-
 
 BASE = TrialConfig().to_flat()
 

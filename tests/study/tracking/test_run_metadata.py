@@ -15,26 +15,10 @@ from mlflow.tracking import MlflowClient
 from study.search.journal import read_optuna_journal, save_optuna_study
 from study.search.tpe import MLFLOW_RUN_ID_ATTR, RAY_TRIAL_ID_ATTR, make_searcher
 from study.tracking.datasets import CONTEXT_TAG
-from study.tracking.runs import CHECKPOINT_TAG, GIT_TAG, PARENT_TAG, TRIAL_DIR_TAG, TRIAL_ID_TAG, start_parent_run, system_metrics
+from study.tracking.runs import CHECKPOINT_TAG, GIT_TAG, PARENT_TAG, TRIAL_DIR_TAG, TRIAL_ID_TAG, system_metrics
 from study.tracking.tracker import MLflowTracker
+from tests.study.tracking.conftest import trial_run
 from trainables.config import TrialConfig
-
-
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def parent(mlflow_uri, request) -> str:
-    return start_parent_run(mlflow_uri, f"exp-{request.node.name}", f"study-{request.node.name}", {"x": 1})
-
-
-def trial_run(uri: str, parent_id: str, trial_id: str):
-    client = MlflowClient(uri)
-    exp = client.get_run(parent_id).info.experiment_id
-    (run,) = client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'")
-    return run
 
 
 def datasets(run) -> dict[str, tuple]:

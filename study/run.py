@@ -27,6 +27,10 @@ from trainables import ConfigError
 
 from .config import StudyConfig, flat_params, load_study_config
 from .console.logs import LOG_NAME, console_logging, log_to_file, stderr_to_log
+from .refit.prepare import add_refit, check_fits, widest_trial
+from .refit.runner import STAGES
+from .refit.ship import refit_and_register, ship
+from .storage.resumable import check_key, check_state, resume_storage, sign_state
 from .storage.studies import LOCAL_ROOT, StudyPaths, check_not_running, is_remote, lock_study, now_iso, read_study, study_paths, write_json
 from .tracking.trust import is_local_tracking_uri, trusted_tracking_uri
 
@@ -141,10 +145,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
                 f"study {name!r} already exists in {paths.local}: continue it with "
                 f"`python -m study.run --name {name} --resume`, or pick another --name"
             )
-        _check_key(paths)
+        check_key(paths)
         n_train, dropped = _preflight(cfg)
         if cfg.refit.enabled:
-            _check_refit_fits(cfg, _widest_trial(cfg), args.address)
+            check_fits(cfg, widest_trial(cfg), args.address)
         tracking = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(paths.storage if not is_remote(paths.storage) else paths.local.parent) / 'mlflow.db'}"
         _check_tracking(tracking, cfg.mlflow.experiment or name)
     except BaseException:
@@ -158,7 +162,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
 
 def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared:
-    """``--resume``: the stored config, the stored storage (checked, see :func:`_resume_storage`),
+    """``--resume``: the stored config, the stored storage (checked, see :func:`study.storage.resumable.resume_storage`),
     a tracking URI the user's credentials may go to, and the lock."""
     if not args.name:
         raise ConfigError("--resume needs --name NAME (the study to continue)")
@@ -167,147 +171,23 @@ def _prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Prepared
     except ConfigError:
         check_not_running(study_paths(args.name, args.storage))  # starting: locked, no study.json yet
         raise
-    paths = _resume_storage(paths, record, args.storage)
+    paths = resume_storage(paths, record, args.storage)
     lock = lock_study(paths)
     try:
         if args.config or args.set:
             log.warning("--resume continues the study with its stored config; --config/--set are ignored")
         cfg = StudyConfig.from_record(record, paths.study_json)
         _check_resume_flags({k: v for k, v in flags.items() if k != "refit.enabled"}, cfg)
-        saved = _check_state(paths, record, args.trust)
-        _check_key(paths)
+        saved = check_state(paths, args.trust, STAGES)
+        check_key(paths)
         if args.refit:
-            cfg = _add_refit(paths, record, cfg, args.address)
+            cfg = add_refit(paths, record, cfg, args.address)
         record["tracking_uri"] = trusted_tracking_uri(paths.name, record.get("tracking_uri"), args.tracking_uri)
         _check_tracking(record["tracking_uri"], cfg.mlflow.experiment or paths.name)
     except BaseException:
         lock.close()
         raise
     return Prepared(cfg, paths, saved, record.get("n_train", 0), record, lock)
-
-
-def _widest_trial(cfg: StudyConfig) -> Any:
-    """The study's base trial config with the largest batch size and text length its search can
-    take: what a refit needs most memory for, before the search has picked anything."""
-    flat = cfg.trial.to_flat()
-    for key in ("train.batch_size", "data.max_length"):
-        if key in cfg.search:
-            flat[key] = max(v for v in cfg.search[key].values_to_check())
-    from trainables.config import TrialConfig
-
-    return TrialConfig.from_dict(flat)
-
-
-def _check_refit_fits(cfg: StudyConfig, trial: Any, address: str | None) -> None:
-    from .refit.runner import check_refit_fits
-
-    check_refit_fits(cfg, trial, local=not address)
-
-
-def _add_refit(paths: StudyPaths, record: dict[str, Any], cfg: StudyConfig, address: str | None) -> StudyConfig:
-    """``--resume --refit``: the study's config with ``refit.enabled`` (recorded in ``study.json``,
-    so a crash during the refit resumes it), after checking there is a finished trial to refit and
-    that its refit fits in memory."""
-    from trainables.config import TrialConfig
-
-    pick = _finished_pick(paths, record, cfg)
-    cfg = cfg.model_copy(update={"refit": cfg.refit.model_copy(update={"enabled": True})})
-    _check_refit_fits(cfg, TrialConfig.from_dict(pick["config"]), address)
-    record["config"] = cfg.model_dump(mode="json")
-    return cfg
-
-
-def _finished_pick(paths: StudyPaths, record: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
-    """The trial a refit would train again: ``summary.json``'s best, else the best finished trial
-    on disk; a one-line ``ConfigError`` when the study has none."""
-    from .tracking.summary import summarize
-
-    try:
-        best = json.loads(paths.summary_json.read_text()).get("best") if paths.summary_json.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        best = None
-    if not best:
-        try:
-            summary = summarize(paths, record)
-            best = summary["best"] if summary["trials"]["completed"] + summary["trials"]["pruned"] else None
-        except ConfigError:  # no Ray experiment state yet
-            best = None
-    if not best or not best.get("config"):
-        raise ConfigError(f"--refit: study {paths.name!r} has no finished trial to refit; finish its search first with "
-                          f"`python -m study.run --name {paths.name} --resume`")
-    return best
-
-
-def _resume_storage(paths: StudyPaths, record: dict[str, Any], given: str | None) -> StudyPaths:
-    """Where ``--resume`` restores Ray's experiment from (and so unpickles ``tuner.pkl`` from).
-
-    A local study is resumed where its ``study.json`` was found — never where the file says it
-    lives — so a study directory cannot send ``--resume`` to unpickle files elsewhere (and a moved
-    study resumes in its new place). A study on remote storage is resumed only from the storage
-    the user names with ``--storage``."""
-    stored = str(record.get("storage") or "")
-    if not is_remote(stored):
-        here = str(paths.local.parent)
-        if stored and Path(stored) != Path(here):
-            log.info("study %s was recorded under %s; resuming it where it is now, %s", paths.name, stored, here)
-        record["storage"] = here
-        return StudyPaths(paths.name, paths.local, here)
-    if given != stored:
-        raise ConfigError(f"study {paths.name!r} keeps its Ray experiment at {stored}: resume it with "
-                          f"`python -m study.run --name {paths.name} --resume --storage {stored}`")
-    return paths
-
-
-def _check_key(paths: StudyPaths) -> None:
-    """The key the driver signs Ray's state with exists (made on first use) and is the user's
-    alone; a problem is one line here, not a traceback once the study runs."""
-    from .storage.signing import load_key
-
-    if not is_remote(paths.storage):
-        load_key(create=True)
-
-
-def _check_state(paths: StudyPaths, record: dict[str, Any], trust: bool) -> bool:
-    """Ray's saved state can be resumed, and (unless ``--trust``) this user's driver wrote it:
-    ``Tuner.restore`` unpickles it, and unpickling runs code (:mod:`study.storage.signing`).
-    Checked before anything else is touched (the MLflow parent run, Ray). False: Ray saved
-    nothing yet (the study was stopped before its trials started)."""
-    from .storage.signing import unreadable_state, untrusted_state
-
-    name, exp = paths.name, Path(paths.experiment)
-    if is_remote(paths.storage):
-        if not trust:
-            raise ConfigError(f"study {name!r} keeps its Ray state on {paths.storage}, where lora-study does not sign it: "
-                              f"resume it with --trust if that storage and everything in it is yours (see docs/trust.md)")
-        return True
-    if not (exp / "tuner.pkl").is_file():
-        if not any(exp.glob("experiment_state-*.json")) and not any(exp.glob("trial_*")):
-            return False  # stopped before Ray saved anything: the study starts from its stored config
-        raise ConfigError(f"study {name!r} has trials in {exp} but no {exp / 'tuner.pkl'}: Ray cannot resume it; put back an "
-                          f"intact copy, or start the study again under a new --name (its results so far stay readable: "
-                          f"`python -m dashboards.report --study {name}`)")
-    for where in _state_dirs(exp):  # the search's experiment, then the refit's stages (their own Tuners)
-        bad = unreadable_state(str(where))
-        if bad:
-            raise ConfigError(f"{where / bad[0]} is unreadable ({bad[1]}): Ray cannot resume study {name!r} from it; put back an "
-                              f"intact copy, or start the study again under a new --name (its results so far stay readable: "
-                              f"`python -m dashboards.report --study {name}`)")
-        untrusted = [] if trust else untrusted_state(str(where))
-        if untrusted:
-            file, why = min(untrusted, key=lambda u: u[0] != "tuner.pkl")  # the file Ray unpickles first
-            what = ("has changed since your lora-study wrote it (edited, truncated or replaced)" if why == "changed"
-                    else "was not written by your lora-study on this machine (no signature with your key)")
-            more = f" (and {len(untrusted) - 1} more state files)" if len(untrusted) > 1 else ""
-            raise ConfigError(f"study {name!r}: {where / file} {what}{more}; --resume would unpickle it, which runs code. "
-                              f"If you made this study or trust who did, resume it with --trust (see docs/trust.md)")
-    return True
-
-
-def _state_dirs(experiment: Path) -> list[Path]:
-    """Where Ray keeps state a resume unpickles: the search's experiment and the refit's stages."""
-    from .refit.runner import STAGES
-
-    return [experiment, *(experiment / stage for stage in STAGES if (experiment / stage).is_dir())]
 
 
 #: Flags a resumed study cannot take: Ray restores the trial count, concurrency and resources from
@@ -353,27 +233,12 @@ def _trainable(prep: Prepared) -> tuple[Any, Any]:
 
 
 def _restore(prep: Prepared) -> Any:
-    """Ray's own restore of the study's Tuner (its state checked in :func:`_check_state`)."""
+    """Ray's own restore of the study's Tuner (its state checked in :func:`study.storage.resumable.check_state`)."""
     from ray import tune
 
     trainable, storage_fs = _trainable(prep)
     return tune.Tuner.restore(prep.paths.experiment, trainable, resume_unfinished=True, restart_errored=True,
                               storage_filesystem=storage_fs)
-
-
-def _sign_state(prep: Prepared) -> None:
-    """From here on the driver signs the Ray state it writes; a resumed study's state as it is now
-    (checked, or vouched for with ``--trust``) is signed too, so its next resume needs no flag."""
-    from .storage.signing import adopt, start_signing
-
-    if is_remote(prep.paths.storage):
-        return
-    from .refit.runner import STAGES
-
-    start_signing(prep.paths.experiment, STAGES)
-    if prep.resume:
-        for where in _state_dirs(Path(prep.paths.experiment)):
-            adopt(str(where))
 
 
 def _tuner(prep: Prepared, parent_run_id: str):
@@ -502,7 +367,7 @@ def _execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC) -> int:
 
     _environment()
     prep.log_path = log_to_file(prep.paths.local / LOG_NAME)
-    _sign_state(prep)
+    sign_state(prep.paths, prep.resume, STAGES)
     restored = _restore_or_say(prep) if prep.resume else None  # before MLflow: a failed restore changes nothing there
     if prep.resume and restored is None:
         return EXIT_INPUT
@@ -632,7 +497,7 @@ def _close_study(prep: Prepared, results: Any, ctrl_c: _CtrlC) -> int:
         t1 = time.time()
         ctrl_c.in_fit = True  # a Ctrl-C asks the refit's Tune for its graceful stop, as in the search
         try:
-            stopped = _refit(prep, parent, summary, previous)
+            stopped = refit_and_register(cfg, paths, prep.tracking_uri, parent, summary, previous, prep.n_train, prep.log_path)
         except DiskFullError as e:
             stopped = e
         finally:
@@ -644,7 +509,7 @@ def _close_study(prep: Prepared, results: Any, ctrl_c: _CtrlC) -> int:
             return _stop_on_full_disk(prep, parent, stopped) if isinstance(stopped, OSError) else _interrupted(prep, parent)
     _stop_ray(prep)
     summary["wall_s"] = round(float(prep.record.get("wall_s", 0.0)), 1)
-    _ship(prep, summary, previous)
+    ship(cfg, prep.tracking_uri, summary, previous)
     undelivered = undelivered_operations(parent)
     try:
         write_json(paths.study_json, prep.record)
@@ -699,58 +564,6 @@ def _read_summary(paths: StudyPaths) -> dict[str, Any]:
         return json.loads(paths.summary_json.read_text()) if paths.summary_json.is_file() else {}
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _refit(prep: Prepared, parent: str, summary: dict[str, Any], previous: dict[str, Any]) -> OSError | bool | None:
-    """The refit of the pick (``study.refit``), its verdict and, when it wins, its registration.
-    ``summary.json`` is written before it starts (the pick's registration is then on disk, and a
-    crash during the refit cannot register the pick twice) and after its registration. Returns
-    ``None`` when the refit finished (or failed), else why the study stops: an ``OSError`` (disk
-    full) or ``True`` (interrupted; ``--resume`` continues the refit)."""
-    from .refit.runner import run_refit
-    from .refit.ship import decide, register_refit
-
-    paths, cfg = prep.paths, prep.cfg
-    try:
-        write_json(paths.summary_json, {**summary, "refit": {"of": summary["best"]["trial_id"], "state": "running"}})
-    except OSError as e:
-        return e
-    try:
-        summary["refit"] = run_refit(cfg, paths, prep.tracking_uri, parent, summary["best"], prep.n_train)
-    except KeyboardInterrupt:
-        return True
-    if summary["refit"]["state"] == "unfinished":
-        return True
-    decide(summary, cfg)
-    if summary["refit"].get("verdict", {}).get("replaces"):
-        name = cfg.mlflow.registered_model or f"lora-study-{paths.name}"
-        with stderr_to_log(prep.log_path):
-            summary["refit"]["registered_model"] = register_refit(prep.tracking_uri, parent, summary, name, paths, previous)
-        try:
-            write_json(paths.summary_json, summary)
-        except OSError as e:
-            return e
-    return None
-
-
-def _ship(prep: Prepared, summary: dict[str, Any], previous: dict[str, Any]) -> None:
-    """Which model the study ships (the refit when it won, else the pick), its registration, and
-    its one score on the test set, also tagged on its registered version."""
-    from .deploy.registry import tag_version
-    from .refit.ship import decide, score_test
-
-    shipped = decide(summary, prep.cfg)
-    refit = summary.get("refit") or {}
-    shipped["registered_model"] = refit.get("registered_model") if shipped["model"] == "refit" else summary.get("registered_model")
-    summary["test"] = score_test(prep.cfg, summary, previous) if shipped.get("checkpoint") else None
-    test = summary["test"]
-    if test and shipped["registered_model"]:
-        tags = {"test": test.get("note", "")} if not test.get("path") else \
-            {f"test_{k}": test[k] for k in ("accuracy", "f1", "eval_loss", "n", "path") if test.get(k) is not None}
-        try:
-            tag_version(prep.tracking_uri, shipped["registered_model"], tags)
-        except Exception as e:  # bookkeeping only: the score stands in summary.json and on the parent run
-            log.warning("could not tag the shipped model version with its test score: %s", e)
 
 
 def _register_best(prep: Prepared, parent: str, summary: dict[str, Any]) -> dict[str, Any] | None:

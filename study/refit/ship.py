@@ -5,6 +5,8 @@
 - :func:`register_refit`: a refit that replaces the pick becomes the next registered version,
   with the ``best`` alias and tags saying which trial it refits and how; one that does not is not
   registered at all (the pick's version keeps the alias);
+- :func:`refit_and_register` and :func:`ship`: the two steps the study's driver runs after the
+  search, built from the three above;
 - :func:`score_test`: the shipped model on ``data.test_path``, once: a resumed study reuses the
   score it already has for the same checkpoint, so the test set is never read twice for one model
   and nothing is ever chosen after seeing it.
@@ -25,7 +27,7 @@ from .plan import verdict
 if TYPE_CHECKING:
     from ..config import StudyConfig
 
-__all__ = ["decide", "register_refit", "score_test", "NO_TEST_SET", "validation_split"]
+__all__ = ["decide", "register_refit", "score_test", "refit_and_register", "ship", "NO_TEST_SET", "validation_split"]
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +116,55 @@ def _score(shipped: dict[str, Any]) -> dict[str, Any]:
         return score(export)
     with tempfile.TemporaryDirectory(prefix="lora-test-") as tmp:
         return score(export_checkpoint(shipped["checkpoint"], Path(tmp) / "model", force=True))
+
+
+def refit_and_register(cfg: StudyConfig, paths: Any, tracking_uri: str, parent: str, summary: dict[str, Any],
+                       previous: dict[str, Any], n_split: int, log_path: Path) -> OSError | bool | None:
+    """The refit of the pick (``summary["refit"]``), its verdict and, when it wins, its
+    registration. ``summary.json`` is written before it starts (the pick's registration is then on
+    disk, and a crash during the refit cannot register the pick twice) and after its
+    registration. Returns ``None`` when the refit finished (or failed), else why the study stops:
+    an ``OSError`` (disk full) or ``True`` (interrupted; ``--resume`` continues the refit)."""
+    from ..console.logs import stderr_to_log
+    from ..storage.studies import write_json
+    from .runner import run_refit
+
+    try:
+        write_json(paths.summary_json, {**summary, "refit": {"of": summary["best"]["trial_id"], "state": "running"}})
+    except OSError as e:
+        return e
+    try:
+        summary["refit"] = run_refit(cfg, paths, tracking_uri, parent, summary["best"], n_split)
+    except KeyboardInterrupt:
+        return True
+    if summary["refit"]["state"] == "unfinished":
+        return True
+    decide(summary, cfg)
+    if summary["refit"].get("verdict", {}).get("replaces"):
+        name = cfg.mlflow.registered_model or f"lora-study-{paths.name}"
+        with stderr_to_log(log_path):  # MLflow prints "Successfully registered model …" straight to stderr
+            summary["refit"]["registered_model"] = register_refit(tracking_uri, parent, summary, name, paths, previous)
+        try:
+            write_json(paths.summary_json, summary)
+        except OSError as e:
+            return e
+    return None
+
+
+def ship(cfg: StudyConfig, tracking_uri: str, summary: dict[str, Any], previous: dict[str, Any]) -> None:
+    """Which model the study ships (the refit when it won, else the pick), its registration, and
+    its one score on the test set, also tagged on its registered version."""
+    from ..deploy.registry import tag_version
+
+    shipped = decide(summary, cfg)
+    refit = summary.get("refit") or {}
+    shipped["registered_model"] = refit.get("registered_model") if shipped["model"] == "refit" else summary.get("registered_model")
+    summary["test"] = score_test(cfg, summary, previous) if shipped.get("checkpoint") else None
+    test = summary["test"]
+    if test and shipped["registered_model"]:
+        tags = {"test": test.get("note", "")} if not test.get("path") else \
+            {f"test_{k}": test[k] for k in ("accuracy", "f1", "eval_loss", "n", "path") if test.get(k) is not None}
+        try:
+            tag_version(tracking_uri, shipped["registered_model"], tags)
+        except Exception as e:  # bookkeeping only: the score stands in summary.json and on the parent run
+            log.warning("could not tag the shipped model version with its test score: %s", e)

@@ -95,8 +95,9 @@ def test_trusting_a_pickle_that_does_not_load_still_leaves_mlflow_alone(tiny_stu
 def test_a_study_from_another_user_needs_trust_once(tiny_study, tmp_path, monkeypatch):
     """Another user's key (or none): refused until ``--trust``; that resume signs the state, so the
     next one is checked like the user's own."""
-    from study.run import _check_state
-    from study.storage.studies import read_study
+    from study.refit.runner import STAGES
+    from study.storage.resumable import check_state
+    from study.storage.studies import study_paths
 
     name, d = copy_study(tiny_study, tmp_path / "st")
     other = {"XDG_CONFIG_HOME": str(tmp_path / "other-user")}
@@ -105,8 +106,9 @@ def test_a_study_from_another_user_needs_trust_once(tiny_study, tmp_path, monkey
     proc = resume(name, tmp_path / "st", "--trust", env=other)
     assert proc.returncode == 0, proc.stderr[-3000:]
     monkeypatch.setenv("XDG_CONFIG_HOME", other["XDG_CONFIG_HOME"])
-    paths, record = read_study(name, str(tmp_path / "st"))
-    _check_state(paths, record, trust=False)
+    paths = study_paths(name, str(tmp_path / "st"))
+    assert paths.experiment == str(d)
+    check_state(paths, False, STAGES)  # the copy, signed by the resume that trusted it
 
 
 def _trial_points(uri: str, experiment: str) -> dict[str, tuple[str, list[int]]]:
@@ -154,17 +156,17 @@ def test_resume_with_a_new_tracking_uri_writes_the_trials_there(tmp_path, tiny_b
 def test_a_planted_refit_stage_is_refused_too(tiny_study, tmp_path):
     """The refit's stages are Tuners of their own inside the study: their pickles are checked
     like the search's before ``--resume`` restores them."""
-    from study.refit.runner import REFIT
-    from study.run import _check_state
+    from study.refit.runner import REFIT, STAGES
+    from study.storage.resumable import check_state
     from study.storage.studies import study_paths
 
     name, d = copy_study(tiny_study, tmp_path / "st")
     marker = tmp_path / "PWNED"
     (d / REFIT).mkdir()
     (d / REFIT / "tuner.pkl").write_bytes(pickle.dumps(Payload(marker)))
-    paths, record = study_paths(name, str(tmp_path / "st")), json.loads((d / "study.json").read_text())
+    paths = study_paths(name, str(tmp_path / "st"))
     assert paths.experiment == str(d)
-    _check_state(paths, record, trust=True)  # what --trust vouches for
+    check_state(paths, True, STAGES)  # what --trust vouches for
     with pytest.raises(ConfigError, match=rf"{REFIT}/tuner.pkl was not written by your lora-study"):
-        _check_state(paths, record, trust=False)
+        check_state(paths, False, STAGES)
     assert not marker.exists()

@@ -326,6 +326,7 @@ def test_registration_follows_the_verdict(refitted, tmp_path, monkeypatch, delta
 
     import study.refit.runner
     import study.run as run
+    from study.refit.ship import refit_and_register, ship
     from study.storage.studies import StudyPaths
 
     s = refitted.summary
@@ -338,9 +339,8 @@ def test_registration_follows_the_verdict(refitted, tmp_path, monkeypatch, delta
     moved.pop("verdict"), moved.pop("registered_model", None)
     monkeypatch.setattr(study.refit.runner, "run_refit", lambda *a, **k: dict(moved))
     summary = {k: v for k, v in s.items() if k not in ("refit", "shipped", "test")}
-    prep.log_path = tmp_path / "log"
-    assert run._refit(prep, s["parent_run_id"], summary, {}) is None
-    run._ship(prep, summary, {})
+    assert refit_and_register(cfg, prep.paths, prep.tracking_uri, s["parent_run_id"], summary, {}, 600, tmp_path / "log") is None
+    ship(cfg, prep.tracking_uri, summary, {})
     assert summary["refit"]["verdict"]["replaces"] is registered and summary["shipped"]["model"] == ("refit" if registered else "pick")
     client = MlflowClient(s["tracking_uri"])
     versions = client.search_model_versions(f"name='{name}'")

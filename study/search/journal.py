@@ -121,12 +121,12 @@ def save_optuna_study(
     os.unlink(tmp)  # the journal backend creates the file itself
     try:
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(tmp))
-        optuna.copy_study(
-            from_study_name=study.study_name,
-            from_storage=study._storage,
-            to_storage=storage,
-            to_study_name=study_name or study.study_name,
-        )
+        # The trials that ran or run; not the WAITING ones a searcher queued and never asked for (the
+        # learning-rate prior queues its start-up draws): a dashboard would show them as trials.
+        saved = optuna.create_study(study_name=study_name or study.study_name, storage=storage, directions=study.directions)
+        for key, value in study.user_attrs.items():
+            saved.set_user_attr(key, value)
+        saved.add_trials([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
         if metric_names:
             optuna.load_study(study_name=study_name or study.study_name, storage=storage).set_metric_names(metric_names)
         os.replace(tmp, path)

@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.search_generator import SearchGenerator
 
 from study.search.asha import SchedulerStateCallback, make_scheduler
-from study.search.journal import get_optuna_study, load_optuna_study, save_optuna_study
+from study.search.journal import get_optuna_study, load_optuna_study, read_optuna_journal, save_optuna_study
 from study.search.tpe import PrunedFeedbackOptunaSearch, make_searcher
 from tests.study.harness import MAX_T, POINTS, SPACE, InterruptOnce, final_results, make_tuner, resume, was_pruned
 
@@ -201,3 +201,18 @@ def test_resume_after_interrupt_and_restart_errored(ray_local, tmp_path):
         expected = TrialState.PRUNED if was_pruned(info) else TrialState.COMPLETE
         assert by_id[tid].state == expected, (tid, info["samples"])
     assert any(was_pruned(info) for info in third.values())
+
+
+def test_the_journal_leaves_out_trials_queued_and_never_asked_for(tmp_path):
+    """The learning-rate prior queues its start-up draws; those a study never reached are not trials."""
+    import optuna
+
+    study = optuna.create_study(study_name="q", direction="maximize")
+    study.enqueue_trial({"x": 0.5})
+    study.enqueue_trial({"x": 0.7})
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    study.tell(trial, 0.9)
+    study.set_user_attr("note", "kept")
+    saved = read_optuna_journal(save_optuna_study(study, tmp_path / "j.log"))
+    assert [t.state for t in saved.trials] == [optuna.trial.TrialState.COMPLETE] and saved.trials[0].params == {"x": 0.5}
+    assert saved.user_attrs == {"note": "kept"}

@@ -218,19 +218,19 @@ def test_record_replay_live_end_to_end_on_a_tiny_model(tiny_bert, sst2_small, tm
         assert seen == sorted(set(seen)) and 2 <= len(seen) <= 3 and seen[-1] in (200, 400) and 100 <= seen[0] < 200, (cid, seen)
     assert {"dev_accuracy", "cpu_s", "setup_cpu_s"} <= set(frame.columns)
     out = tmp_path / "live.json"
-    live = subprocess.run([*base, "live", "--strategies", "random_fifo,ours", "--budget-s", "40", "--workers", "1",
+    live = subprocess.run([*base, "live", "--strategies", f"random-fifo,{DEFAULT_SEARCHER}", "--budget-s", "40", "--workers", "1",
                            "--startup-s", "1", "--storage", str(tmp_path / "st"), "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert live.returncode == 0, live.stdout[-3000:] + live.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["mode"] == "live" and set(res["details"]["agreement"]) == {"random_fifo", "ours"}
-    for name in ("random_fifo", "ours"):
+    assert res["mode"] == "live" and set(res["details"]["agreement"]) == {"random-fifo", DEFAULT_SEARCHER}
+    for name in ("random-fifo", DEFAULT_SEARCHER):
         runs = res["details"]["strategies"][name]["per_seed"]
         assert runs[0]["trials"] >= 1 and runs[0]["best_accuracy"] is not None
         assert isinstance(res["details"]["agreement"][name]["inside_iqr"], bool)
-    # ours starts with the seed recipes, which the table recorded: same trainable, same numbers
+    # the default starts with the seed recipes, which the table recorded: same trainable, same numbers
     cfg = space_config(space)
-    run = se.live_trace(res["details"]["strategies"]["ours"]["per_seed"][0]["study"], str(tmp_path / "st"), list(cfg.search))
+    run = se.live_trace(res["details"]["strategies"][DEFAULT_SEARCHER]["per_seed"][0]["study"], str(tmp_path / "st"), list(cfg.search))
     recorded = {tuple(sorted(p.items())): cid for cid, _, p in table_configs(cfg, 6, 0)}
     compared = 0
     for trial in run.trials:

@@ -373,7 +373,8 @@ def test_a_crash_during_the_refit_resumes_it(tmp_path, tiny_bert, sst2_small):
                                   "--set", "refit.evaluations=12"])
     proc = start_study(args, home, log)
     refit_dir = home / "crash" / "refit"
-    wait_for(lambda: any(refit_dir.glob("trial_*/checkpoint_*")), proc, log, timeout=900, what="the refit's first checkpoint", poll=0.1)
+    wait_for(lambda: any(refit_dir.glob("trial_*/checkpoint_*")) and any(trial_results(refit_dir).values()), proc, log,
+             timeout=900, what="the refit's first checkpoint and result", poll=0.1)
     crash_driver(proc)
     rows = next(iter(trial_results(refit_dir).values()), [])
     assert rows and rows[-1]["samples_seen"] < 3600, "the refit finished before the crash: nothing to resume"

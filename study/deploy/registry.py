@@ -13,10 +13,12 @@ again — wherever the study's files or its tracking store have moved since.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from trainables import META_FILE
 
@@ -102,12 +104,31 @@ def _register(tracking_uri: str, parent_run_id: str, summary: dict[str, Any], en
     out = export_checkpoint(entry["checkpoint"], out, {**entry, "study": summary["name"]}, force=True)
     meta = json.loads((out / META_FILE).read_text())
     client.log_artifacts(parent_run_id, str(out), out.name)
-    mlflow.set_tracking_uri(tracking_uri)
-    info = log_model(out, run_id, model_name(summary["name"], entry["trial_id"]), int(entry.get("samples_seen") or 0), meta["base_model"])
-    version = mlflow.register_model(info.model_uri, name, tags=_version_tags(summary["name"], entry, meta, tags))
+    with _fluent_tracking_uri(tracking_uri):
+        info = log_model(out, run_id, model_name(summary["name"], entry["trial_id"]), int(entry.get("samples_seen") or 0), meta["base_model"])
+        version = mlflow.register_model(info.model_uri, name, tags=_version_tags(summary["name"], entry, meta, tags))
     metric = summary.get("metric", "accuracy")
     client.update_model_version(name, version.version, description=_version_description(headline, entry, metric, meta, name, run_id))
     return version, run_id, out
+
+
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``log_model``, ``register_model``) pointed at ``uri`` for the block, and
+    back where it was after: ``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI``, which
+    every study started later from this process (and its children) would otherwise inherit."""
+    import mlflow
+
+    before, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def log_best_adapter(tracking_uri: str, parent_run_id: str, summary: dict[str, Any], registered_name: str, paths: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ _KEY_BYTES = 32
 #: ``callback-states-*``) and JSON holding pickles (``experiment_state-*``, ``search_gen_state-*``).
 _STATE = re.compile(r"[^/]+\.pkl|[^/]*state-[^/]*\.json")
 
-_active: dict[str, Any] = {}  # "root": the experiment dir being signed, "key": the key, "written": lines
+_active: dict[str, Any] = {}  # "roots": the dirs being signed, "key": the key, "written": (signature file, line)
 _lock = threading.Lock()
 #: Past this size the signature file is compacted (a long study rewrites its state thousands of times).
 _COMPACT_AT = 256 * 1024
@@ -105,7 +105,7 @@ def start_signing(experiment: str, subdirs: tuple[str, ...] = ()) -> None:
     ``subdirs`` (experiments of their own inside it, e.g. a refit's stages; the driver only: Ray's
     workers never write them)."""
     root = os.path.normpath(experiment)
-    _active.update(root=root, roots={root, *(os.path.join(root, d) for d in subdirs)}, key=load_key(create=True), written=set())
+    _active.update(roots={root, *(os.path.join(root, d) for d in subdirs)}, key=load_key(create=True), written=set())
 
 
 def stop_signing() -> None:

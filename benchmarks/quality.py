@@ -17,11 +17,17 @@ interrupted benchmark keeps the seeds it finished.
 ``compare`` asks what a user gets from a study: the two seed recipes as their notebooks ran them
 (all of SST-2 train, their own epochs), the seed-002 recipe at the refit's epochs (equal
 training length), and a whole ``python -m study.run --refit`` on ``--study`` (search, then the
-pick refitted on all the data) per seed (``study.seed`` and ``train.seed``). Each path's shipped
+pick refitted on all the data) per seed (``study.seed`` and ``train.seed``); within a seed the
+study and the equal-epochs recipe run first, since the goals compare those two. Each path's shipped
 model is scored on SST-2 dev (and on ``--test`` once, if given); the table gives each path's mean
 over seeds with its standard error (sd/√n) and its cost in CPU-hours: cores held × seconds (a
 recipe's threads × its wall time; a study's trials' ``time_total_s`` × their CPUs, its refit's ×
 the refit's CPUs), beside the measured process CPU time. The JSON is rewritten after every run.
+
+The whole comparison is CPU-hours, more than one sitting: ``--resume`` (with the same ``--json``)
+keeps every (seed, path) run the file holds and does only the rest, in the same ``--work``; a study
+the work directory holds already (interrupted, or finished) continues with ``study.run --resume``
+instead of starting over, so an interrupted search loses at most its running trials.
 """
 
 from __future__ import annotations
@@ -151,6 +157,7 @@ def parse_compare_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", help="where the studies and checkpoints go (default: a temporary directory)")
     ap.add_argument("--data", help="SST-2 directory (default $LORA_STUDY_DATA or ../shared/data/sst2)")
     ap.add_argument("--json", help="write the result here")
+    ap.add_argument("--resume", action="store_true", help="keep the runs --json holds already and do the rest (same --work)")
     return ap.parse_args(argv)
 
 
@@ -217,8 +224,9 @@ def _study_run(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any
         sets.append(f"data.path={sst2_dir(args.data)}")
     if args.test:
         sets.append(f"data.test_path={Path(args.test).resolve()}")
-    cmd = [sys.executable, "-m", "study.run", "--config", str(args.study), "--name", name, "--storage", str(work), "--refit"]
-    cmd += [a for s in sets for a in ("--set", s)]
+    resumed = (work / name / "study.json").is_file()  # an earlier sitting started it: continue, with its stored config
+    cmd = [sys.executable, "-m", "study.run", "--name", name, "--storage", str(work), "--refit"]
+    cmd += ["--resume"] if resumed else ["--config", str(args.study), *(a for s in sets for a in ("--set", s))]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(work / f"{name}.log", "w") as log:
@@ -226,7 +234,8 @@ def _study_run(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any
     wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc != 0:
         raise BenchmarkError(f"the study for seed {seed} exited with {rc}; see {work / (name + '.log')}")
-    return _study_result(work / name, seed, wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+    got = _study_result(work / name, seed, wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+    return {**got, "resumed": True} if resumed else got  # wall_s/cpu_s then cover this sitting only; core_s the whole study
 
 
 def _study_result(study_dir: Path, seed: int, wall: float, cpu: float) -> dict[str, Any]:
@@ -258,13 +267,23 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
     seeds, paths = parse_seeds(args.seeds), _paths(args)
-    work = Path(args.work or tempfile.mkdtemp(prefix="lora-study-quality-")).resolve()
+    earlier = _earlier(args, paths)
+    work = Path(args.work or earlier.get("work") or tempfile.mkdtemp(prefix="lora-study-quality-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     res = {"benchmark": "quality-compare", **run_metadata(), "seeds": seeds, "study_config": str(args.study), "test": args.test,
            "overrides": args.set, "study_overrides": args.study_set, "work": str(work), "complete": False,
            "paths": {name: {"kind": kind, "runs": []} for name, kind, _ in paths}}
+    if earlier:
+        res["sittings"] = [*earlier.get("sittings", [{"date": earlier.get("date"), "git": earlier.get("git")}]),
+                           {"date": res.get("date"), "git": res.get("git")}]
+    goals_first = sorted(paths, key=lambda p: (p[1] != "study", "×" not in p[0]))  # what the goals compare runs first
     for seed in seeds:
-        for name, kind, extra in paths:
+        for name, kind, extra in goals_first:
+            done = next((r for r in earlier.get("paths", {}).get(name, {}).get("runs", []) if r["seed"] == seed), None)
+            if done is not None:
+                print(f"[seed {seed}] {name}: kept from {args.json} (dev accuracy {done['dev_accuracy']:.4f})", flush=True)
+                res["paths"][name]["runs"].append(done)
+                continue
             print(f"[seed {seed}] {name}", flush=True)
             run_ = _study_run(args, seed, work) if kind == "study" else \
                 _recipe_run(args, extra.get("recipe", name), {k: v for k, v in extra.items() if k != "recipe"}, seed, work)
@@ -275,6 +294,34 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                 write_json(args.json, res)
     res["complete"] = True
     return _aggregate(res)
+
+
+def _earlier(args: argparse.Namespace, paths: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+    """With ``--resume``: the result ``--json`` holds, refused in one line when it measured something
+    else (another study config, overrides or test file); ``{}`` without ``--resume``."""
+    if not args.resume:
+        return {}
+    if not args.json:
+        raise BenchmarkError("--resume needs --json FILE (the result to continue)")
+    try:
+        earlier = json.loads(Path(args.json).read_text())
+    except FileNotFoundError:
+        return {}  # nothing measured yet: a first sitting
+    except (OSError, ValueError) as e:
+        raise BenchmarkError(f"--resume: cannot read {args.json}: {e}") from None
+    if earlier.get("benchmark") != "quality-compare":
+        raise BenchmarkError(f"--resume: {args.json} is not a quality compare result")
+    mine = {"study_config": str(args.study), "test": args.test, "overrides": args.set, "study_overrides": args.study_set}
+    for key, value in mine.items():
+        if earlier.get(key) != value:
+            raise BenchmarkError(f"--resume: {args.json} measured {key}={earlier.get(key)!r}, this run {value!r}; "
+                                 f"use another --json, or the same options")
+    if args.work and earlier.get("work") and Path(args.work).resolve() != Path(earlier["work"]):
+        raise BenchmarkError(f"--resume: {args.json} has its studies in {earlier['work']}, not {args.work}")
+    unknown = set(earlier.get("paths", {})) - {name for name, _, _ in paths}
+    if unknown:
+        raise BenchmarkError(f"--resume: {args.json} holds paths this run does not compare: {sorted(unknown)}")
+    return earlier
 
 
 def _aggregate(res: dict[str, Any]) -> dict[str, Any]:

@@ -191,3 +191,101 @@ def test_compare_with_a_real_study_and_refit(tiny_bert, sst2_small, sst2, tmp_pa
     assert study["test_accuracy"] == summary["test"]["accuracy"] and summary["test"]["n"] == 60
     assert all(e["runs"][0]["test_accuracy"] is not None for e in res["paths"].values())
     assert study["core_s"] > 0 and study["cpu_s"] > 0
+
+
+def _fake_paths(monkeypatch, calls):
+    """Recipes and studies that only record that they ran (the resume logic is what is tested)."""
+    def recipe(args, recipe, extra, seed, work):
+        calls.append((recipe, extra.get("train.epochs"), seed))
+        return {"seed": seed, "dev_accuracy": 0.8 + seed / 100, "test_accuracy": None, "core_s": 60.0}
+
+    def study(args, seed, work):
+        calls.append(("study", None, seed))
+        _fake_study(work / f"s{seed}", "refit")
+        return quality._study_result(work / f"s{seed}", seed, 10.0, 5.0)
+
+    monkeypatch.setattr(quality, "_recipe_run", recipe)
+    monkeypatch.setattr(quality, "_study_run", study)
+
+
+def test_compare_runs_what_the_goals_compare_first(tiny_bert, sst2_small, tmp_path, monkeypatch):
+    calls = []
+    _fake_paths(monkeypatch, calls)
+    assert quality.main(compare_args(tiny_bert, sst2_small, tmp_path / "q.json", "--seeds", "0", "--work", str(tmp_path / "w"))) == 0
+    assert calls == [("study", None, 0), ("seed-002", 3, 0), ("seed-000", None, 0), ("seed-002", None, 0)]
+
+
+def test_compare_resume_keeps_the_runs_done_and_does_the_rest(tiny_bert, sst2_small, tmp_path, monkeypatch, capsys):
+    calls, out, work = [], tmp_path / "q.json", tmp_path / "w"
+    _fake_paths(monkeypatch, calls)
+
+    real_write = quality.write_json
+    writes = []
+
+    def write_then_stop(path, res):  # the benchmark is interrupted after its second run
+        real_write(path, res)
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(quality, "write_json", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        quality.compare(quality.parse_compare_args(compare_args(tiny_bert, sst2_small, out, "--seeds", "0", "--work", str(work))[1:]))
+    monkeypatch.setattr(quality, "write_json", real_write)
+    assert len(calls) == 2
+    calls.clear()
+    assert quality.main(compare_args(tiny_bert, sst2_small, out, "--seeds", "0,1", "--resume")) == 0  # --work from the file
+    assert calls == [("seed-000", None, 0), ("seed-002", None, 0), ("study", None, 1), ("seed-002", 3, 1),
+                     ("seed-000", None, 1), ("seed-002", None, 1)]
+    res = json.loads(out.read_text())
+    assert res["complete"] is True and res["work"] == str(work.resolve()) and len(res["sittings"]) == 2
+    assert all([r["seed"] for r in e["runs"]] == [0, 1] for e in res["paths"].values())
+    assert "kept from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,expected", [
+    (["--set", "train.batch_size=16"], "measured overrides="),
+    (["--test", "t.tsv"], "measured test="),
+    (["--no-equal-epochs"], None),  # fewer paths than the file holds
+])
+def test_compare_resume_refuses_a_result_of_other_options(change, expected, tiny_bert, sst2_small, tmp_path, monkeypatch, capsys):
+    calls, out = [], tmp_path / "q.json"
+    _fake_paths(monkeypatch, calls)
+    assert quality.main(compare_args(tiny_bert, sst2_small, out, "--seeds", "0", "--work", str(tmp_path / "w"))) == 0
+    before = out.read_text()
+    if "--test" in change:
+        (tmp_path / "t.tsv").write_text("sentence\tlabel\nfine\t1\n")
+        change = ["--test", str(tmp_path / "t.tsv")]
+    capsys.readouterr()
+    assert quality.main(compare_args(tiny_bert, sst2_small, out, "--seeds", "0", "--resume", *change)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resume") and len(err.splitlines()) == 1 and (expected is None or expected in err)
+    assert out.read_text() == before
+
+
+def test_compare_resume_needs_its_json(tiny_bert, sst2_small, tmp_path, capsys):
+    args = [a for a in compare_args(tiny_bert, sst2_small, tmp_path / "q.json", "--resume") if a not in ("--json", str(tmp_path / "q.json"))]
+    assert quality.main(args) == 2
+    assert "--resume needs --json" in capsys.readouterr().err
+
+
+def test_a_study_the_work_directory_holds_continues_with_study_run_resume(tmp_path, monkeypatch):
+    import subprocess
+    import types
+
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        if not (tmp_path / "quality-refit-s4").exists():
+            _fake_study(tmp_path / "quality-refit-s4", "refit")
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    args = quality.parse_compare_args([])
+    monkeypatch.setattr(quality, "sst2_dir", lambda d=None: tmp_path)
+    first = quality._study_run(args, 4, tmp_path)
+    assert "--config" in seen[0] and "--resume" not in seen[0] and "resumed" not in first
+    again = quality._study_run(args, 4, tmp_path)
+    assert seen[1][seen[1].index("--name") + 1] == "quality-refit-s4" and "--resume" in seen[1] and "--refit" in seen[1]
+    assert "--config" not in seen[1] and "--set" not in seen[1] and again["resumed"] is True

@@ -229,7 +229,9 @@ def _study_run(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any
     cmd += ["--resume"] if resumed else ["--config", str(args.study), *(a for s in sets for a in ("--set", s))]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    with open(work / f"{name}.log", "w") as log:
+    with open(work / f"{name}.log", "a") as log:  # a sitting adds to the log of the ones before
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd[1:])}\n")
+        log.flush()
         rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "LORA_STUDY_HOME": str(work)}, stdout=log, stderr=subprocess.STDOUT).returncode
     wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc != 0:

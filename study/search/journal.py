@@ -7,6 +7,7 @@ as JSON lines without executing anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -121,11 +122,12 @@ def save_optuna_study(
     os.unlink(tmp)  # the journal backend creates the file itself
     try:
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(tmp))
-        # The trials that ran or run; not the WAITING ones a searcher queued and never asked for (the
-        # learning-rate prior queues its start-up draws): a dashboard would show them as trials.
-        saved = optuna.create_study(study_name=study_name or study.study_name, storage=storage, directions=study.directions)
+        with _quiet("optuna.storages.journal"):  # every rewrite "creates" the study: not news for study.log
+            saved = optuna.create_study(study_name=study_name or study.study_name, storage=storage, directions=study.directions)
         for key, value in study.user_attrs.items():
             saved.set_user_attr(key, value)
+        # The trials that ran or run; not the WAITING ones a searcher queued and never asked for (the
+        # learning-rate prior queues its start-up draws): a dashboard would show them as trials.
         saved.add_trials([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
         if metric_names:
             optuna.load_study(study_name=study_name or study.study_name, storage=storage).set_metric_names(metric_names)
@@ -134,6 +136,18 @@ def save_optuna_study(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Optuna's INFO lines from logger ``name`` held back for the block (its warnings still pass)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def link_trial(searcher: Any, ray_trial_id: str, attrs: dict[str, str]) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["summarize", "print_summary", "print_refit", "refit_values", "test_line", "trial_rows", "trial_state"]
+__all__ = ["summarize", "print_summary", "print_refit", "registered_line", "refit_values", "test_line", "trial_rows", "trial_state"]
 
 #: Effective keys that only repeat how the config spelled a value (shown beside the value itself).
 _SPELLINGS = ("lora.target_modules_preset", "data.size_fraction")
@@ -158,15 +158,26 @@ def print_summary(summary: dict[str, Any]) -> None:
     print()
     for row in table:
         print("  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
-    reg = summary.get("registered_model")
-    if reg:
-        alias = (f", alias @best (models:/{reg['name']}@best)" if reg.get("alias") == "best"
-                 else f"; models:/{reg['name']}@best stays on a better version registered before")
-        print(f"\nbest adapter registered as {reg['uri']}{alias}")
+    if summary.get("registered_model"):
+        print(f"\n{registered_line(summary)}")
     if summary.get("refit"):
         print_refit(summary)
     elif (summary.get("test") or {}).get("path"):
         print(f"\n{test_line(summary['test'])}")
+
+
+def registered_line(summary: dict[str, Any]) -> str:
+    """Where the search's pick went in the registry, and which version ``@best`` names: the pick's,
+    the refit's (registered after it, in this study), or a better one an earlier study registered."""
+    reg = summary["registered_model"]
+    refit = (summary.get("refit") or {}).get("registered_model") or {}
+    if reg.get("alias") == "best":
+        alias = f", alias @best (models:/{reg['name']}@best)"
+    elif refit.get("alias") == "best":
+        alias = f"; @best is the refit, version {refit['version']} (below)"
+    else:
+        alias = f"; models:/{reg['name']}@best stays on a better version registered before"
+    return f"best adapter registered as {reg['uri']}{alias}"
 
 
 def print_refit(summary: dict[str, Any]) -> None:

@@ -289,3 +289,5 @@ def test_a_study_the_work_directory_holds_continues_with_study_run_resume(tmp_pa
     again = quality._study_run(args, 4, tmp_path)
     assert seen[1][seen[1].index("--name") + 1] == "quality-refit-s4" and "--resume" in seen[1] and "--refit" in seen[1]
     assert "--config" not in seen[1] and "--set" not in seen[1] and again["resumed"] is True
+    headers = [ln for ln in (tmp_path / "quality-refit-s4.log").read_text().splitlines() if ln.startswith("=== ")]
+    assert len(headers) == 2 and headers[1].endswith("--refit --resume")  # both sittings' output is kept

@@ -148,6 +148,23 @@ def test_console_says_no_test_set_and_why_the_pick_stays(capsys):
     assert "registered as" not in out and out.rstrip().endswith("test: no test set")
 
 
+REGISTERED = [  # (pick's alias, refit's registration, what the line says about @best)
+    ("best", None, ", alias @best (models:/lora-study-x@best)"),
+    (None, {"version": "2", "alias": "best"}, "; @best is the refit, version 2 (below)"),
+    (None, None, "; models:/lora-study-x@best stays on a better version registered before"),
+]
+
+
+@pytest.mark.parametrize("pick_alias,refit_reg,tail", REGISTERED, ids=["pick", "refit", "earlier"])
+def test_the_registry_line_says_which_version_best_names(pick_alias, refit_reg, tail):
+    """A refit registered after the pick holds @best: the line says so rather than "a version before"."""
+    from study.tracking.summary import registered_line
+
+    summary = {"registered_model": {"name": "lora-study-x", "uri": "models:/lora-study-x/1", "alias": pick_alias},
+               "refit": {"registered_model": refit_reg} if refit_reg else None}
+    assert registered_line(summary) == f"best adapter registered as models:/lora-study-x/1{tail}"
+
+
 # --------------------------------------------------------------------------- bad input: one line, before Ray
 
 

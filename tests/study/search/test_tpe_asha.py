@@ -216,3 +216,29 @@ def test_the_journal_leaves_out_trials_queued_and_never_asked_for(tmp_path):
     saved = read_optuna_journal(save_optuna_study(study, tmp_path / "j.log"))
     assert [t.state for t in saved.trials] == [optuna.trial.TrialState.COMPLETE] and saved.trials[0].params == {"x": 0.5}
     assert saved.user_attrs == {"note": "kept"}
+
+
+def test_rewriting_the_journal_says_nothing_in_the_study_log(tmp_path):
+    """Every save rewrites the file and so "creates" its study again: Optuna's INFO line about that
+    would fill study.log with one line per finished trial. Its warnings still pass; the level is restored."""
+    import logging
+
+    import optuna
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    journal_log = logging.getLogger("optuna.storages.journal._storage")
+    journal_log.addHandler(handler)
+    try:
+        study = optuna.create_study(study_name="quiet", direction="maximize")
+        study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)}), 0.5)
+        for _ in range(2):
+            save_optuna_study(study, tmp_path / "j.log")
+        assert [r.getMessage() for r in seen] == []
+        assert logging.getLogger("optuna.storages.journal").level == logging.NOTSET
+        optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "other.log"))).create_new_study(
+            [optuna.study.StudyDirection.MAXIMIZE], "loud")
+        assert any("loud" in r.getMessage() for r in seen)  # the handler sees Optuna's line outside a save
+    finally:
+        journal_log.removeHandler(handler)

@@ -278,7 +278,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     if earlier:
         res["sittings"] = [*earlier.get("sittings", [{"date": earlier.get("date"), "git": earlier.get("git")}]),
                            {"date": res.get("date"), "git": res.get("git")}]
-    goals_first = sorted(paths, key=lambda p: (p[1] != "study", "×" not in p[0]))  # what the goals compare runs first
+    goals_first = sorted(paths, key=lambda p: (p[1] != "study", "train.epochs" not in p[2]))  # the study, then seed-002 at its epochs
     for seed in seeds:
         for name, kind, extra in goals_first:
             done = next((r for r in earlier.get("paths", {}).get(name, {}).get("runs", []) if r["seed"] == seed), None)

@@ -15,7 +15,6 @@ import errno
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import pyarrow.fs
 from trainables import ConfigError
 
 from .config import StudyConfig, flat_params, load_study_config
+from .console.ctrl_c import CtrlC
 from .console.logs import LOG_NAME, console_logging, log_to_file, stderr_to_log
 from .refit.prepare import add_refit, check_fits, widest_trial
 from .refit.runner import STAGES
@@ -325,44 +325,16 @@ def _shutdown_ray(started: bool, log_path: Path) -> None:
             ray.shutdown()
 
 
-class _CtrlC:
-    """The first Ctrl-C at any moment stops the study with its one line and the resume command.
-
-    Why our own handler: Ray Tune installs one only once ``fit`` is under way, logs its message to
-    the study log, and leaves it installed after ``fit``; a Ctrl-C before (imports, the preflight,
-    Ray starting) was a traceback, and one in Tune's start-up or after it went unseen. Outside
-    ``fit`` a Ctrl-C raises ``KeyboardInterrupt`` (:func:`execute` turns it into the line); inside,
-    it asks Tune for its own graceful stop (SIGUSR1, the same handler: a last snapshot, then ``fit``
-    returns) and a second Ctrl-C stops at once."""
-
-    def __init__(self) -> None:
-        self.caught = False
-        self.in_fit = False
-
-    def install(self) -> _CtrlC:
-        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Tune's would replace this one
-        signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        first, self.caught = not self.caught, True
-        tune_stop = signal.getsignal(signal.SIGUSR1)
-        if first and self.in_fit and getattr(tune_stop, "__name__", "") == "signal_interrupt_tune_run":
-            os.kill(os.getpid(), signal.SIGUSR1)
-            return
-        raise KeyboardInterrupt
-
-
-def execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC | None = None) -> int:
+def execute(prep: Prepared, address: str | None, ctrl_c: CtrlC | None = None) -> int:
     """Run the prepared study to its end; a Ctrl-C at any point stops it, resumable."""
-    ctrl_c = ctrl_c or _CtrlC()
+    ctrl_c = ctrl_c or CtrlC()
     try:
         return _execute(prep, address, ctrl_c)
     except KeyboardInterrupt:
         return _stop_interrupted(prep)
 
 
-def _execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC) -> int:
+def _execute(prep: Prepared, address: str | None, ctrl_c: CtrlC) -> int:
     from .storage.atomic_fs import DiskFullError
 
     _environment()
@@ -378,11 +350,13 @@ def _execute(prep: Prepared, address: str | None, ctrl_c: _CtrlC) -> int:
     from .tracking.runs import system_metrics
 
     prep.started_ray = _init_ray(address)
+    ctrl_c.checkpoint()  # a Ctrl-C swallowed while Ray started (see CtrlC) stops the study here
     prep.t0 = time.time()
     ProgressView.clock_zero = time.monotonic()  # the refit's lines go on with the search's clock
     prep.record.setdefault("fit_started_unix", prep.t0)  # the study's time zero (benchmarks read it)
     prep.progress_before = _trial_progress(prep.paths.experiment)
     tuner = restored or _tuner(prep, prep.parent)[0]
+    ctrl_c.checkpoint()
     ctrl_c.in_fit = True
     try:
         with system_metrics(prep.tracking_uri, prep.parent, resume=prep.resume):
@@ -472,7 +446,7 @@ def _stop_interrupted(prep: Prepared) -> int:
     return EXIT_INTERRUPTED
 
 
-def _close_study(prep: Prepared, results: Any, ctrl_c: _CtrlC) -> int:
+def _close_study(prep: Prepared, results: Any, ctrl_c: CtrlC) -> int:
     """The end of the search: interrupted (resume command), or the summary, the registered best
     adapter, the refit (``refit.enabled``), the shipped model's test score and the closed parent
     run. Ray still runs for the refit; :func:`_execute` stops it."""
@@ -692,7 +666,7 @@ def _parent_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ctrl_c = _CtrlC().install()
+    ctrl_c = CtrlC().install()
     console_logging()  # own warnings on stderr, one line each; libraries: the study log (execute)
     args = build_parser().parse_args(argv)
     try:

@@ -44,11 +44,11 @@ class CtrlC:
         self._acted = False  # the first Ctrl-C raised or asked Tune to stop
         self._raised = False  # ... by raising KeyboardInterrupt
         self._pending = 0  # deferrals of the Ctrl-C not yet acted on
+        self._alarm_before: Any = None  # SIGALRM's handler before a deferral
 
     def install(self) -> CtrlC:
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Tune's would replace this one
         signal.signal(signal.SIGINT, self._on_sigint)
-        signal.signal(signal.SIGALRM, self._on_retry)
         self._unraisable_before = sys.unraisablehook
         sys.unraisablehook = self._unraisable
         return self
@@ -74,11 +74,20 @@ class CtrlC:
         if self._pending:
             self._act(frame, self._acted)
 
+    def _retry_soon(self) -> None:
+        """A one-shot SIGALRM; its handler is set here, not at install: MLflow's timeouts set their
+        own and leave it behind (``mlflow.utils.timeout``)."""
+        if signal.getsignal(signal.SIGALRM) != self._on_retry:
+            self._alarm_before = signal.signal(signal.SIGALRM, self._on_retry)
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
+
     def _act(self, frame: FrameType | None, second: bool) -> None:
         if frame is not None and os.path.normcase(frame.f_code.co_filename) in _UNSAFE_FILES and self._pending < _MAX_DEFERRALS:
             self._pending += 1
-            signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
+            self._retry_soon()
             return
+        if self._pending and self._alarm_before is not None:
+            signal.signal(signal.SIGALRM, self._alarm_before)
         self._pending, self._acted = 0, True
         tune_stop: Any = signal.getsignal(signal.SIGUSR1)
         if not second and self.in_fit and getattr(tune_stop, "__name__", "") == "signal_interrupt_tune_run":

@@ -66,11 +66,13 @@ def test_a_ctrl_c_inside_logging_waits_for_a_safe_moment(ctrl_c):
     import logging
 
     in_logging = SimpleNamespace(f_code=SimpleNamespace(co_filename=logging.__file__))
+    alarm = signal.getsignal(signal.SIGALRM)
     ctrl_c._on_sigint(signal.SIGINT, in_logging)  # what Python does when the signal lands there
     assert ctrl_c.caught
     ctrl_c._on_sigint(signal.SIGINT, in_logging)  # a repeat before it acted: still the first Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         time.sleep(1.0)  # the retry raises here, in safe code
+    assert signal.getsignal(signal.SIGALRM) == alarm  # borrowed for the retry only
     assert logging._lock.acquire(blocking=False)  # nobody holds the lock
     logging._lock.release()
 

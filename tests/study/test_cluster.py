@@ -115,7 +115,7 @@ def test_study_on_two_nodes_survives_losing_the_worker_node(tmp_path, tiny_bert,
     try:
         def on_worker_node():
             for tid, rows in trial_results(home / name).items():
-                if rows and not rows[-1]["done"] and rows[-1]["samples_seen"] <= rows[-1]["samples_total"] // 2 \
+                if len(rows) >= 2 and not rows[-1]["done"] and rows[-1]["samples_seen"] <= rows[-1]["samples_total"] // 2 \
                         and worker.node_id_of(rows[-1]["pid"]):
                     return tid, rows[-1]
             return None
@@ -153,7 +153,10 @@ def test_study_on_two_nodes_survives_losing_the_worker_node(tmp_path, tiny_bert,
     switch = where.index("head")
     assert "worker" not in where[switch:], where
     assert rows[switch]["iterations_since_restore"] == 1
-    assert rows[switch]["samples_seen"] > killed_at, [r["samples_seen"] for r in rows]
+    # from a checkpoint, not from the start: past the kill, or (a report that raced the kill, whose
+    # checkpoint Ray had not registered) one evaluation point reported again with the same numbers
+    resumed, before = rows[switch]["samples_seen"], [r["samples_seen"] for r in rows[:switch]]
+    assert resumed > before[0] and (resumed > killed_at or resumed in before), [r["samples_seen"] for r in rows]
     assert rows[-1]["samples_seen"] == rows[-1]["samples_total"]
     from ray.tune import ExperimentAnalysis
 

@@ -326,3 +326,18 @@ def test_registered_version_is_the_best_trials_run(tiny_study):
     assert float(version.tags["accuracy"]) == s["best"]["accuracy"] and version.tags["trial_id"] == s["best"]["trial_id"]
     assert {f"param.{k}" for k in s["best"]["params"]} <= set(version.tags)
     assert s["best"]["trial_id"] in version.description and version.run_id in version.description
+
+
+@pytest.mark.parametrize("metrics, short, want", [
+    ({"accuracy": 0.9, "f1": 0.8, "eval_loss": 0.3}, True, "dev accuracy 0.9000"),
+    ({"accuracy": 0.9, "f1": 0.8, "eval_loss": 0.3}, False, "dev accuracy 0.9000, macro-F1 0.8000, eval loss 0.3000"),
+    ({"accuracy": 0.932, "f1": 0.93, "dev_accuracy": 0.884, "dev_f1": 0.88, "dev_eval_loss": 0.32}, True,
+     "validation accuracy 0.9320, dev accuracy 0.8840"),
+    ({"accuracy": 0.932, "f1": 0.93, "dev_accuracy": 0.884, "dev_f1": 0.88, "dev_eval_loss": 0.32}, False,
+     "validation accuracy 0.9320, macro-F1 0.9300; dev accuracy 0.8840, macro-F1 0.8800, eval loss 0.3200"),
+])
+def test_scores_are_named_by_their_split(metrics, short, want):
+    """With a holdout, ``accuracy`` is the validation split's: the card and the command say so."""
+    from study.deploy.export import scores_line
+
+    assert scores_line(metrics, short=short) == want
